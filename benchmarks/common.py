@@ -1,0 +1,40 @@
+"""Models shared by the benchmarks: the demo target and a small draft from the checkpoint cache.
+
+Built through the pipeline's own stages (`scylla.pipeline`), so the benchmark measures exactly the
+models `make demo` trains, and reuses them from the cache when the demo has run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+BENCH_DRAFT = "draft-w64"  # ~0.36M params at vocab 4096: ~16x smaller than the 5.9M demo target
+BENCH_DRAFT_TOKENS = 400_000
+
+
+def bench_context(overrides: list[str] | None = None) -> Any:
+    """A pipeline JobContext for the default config (+ overrides), tokenizer ready."""
+    from scylla.config import compose, validate
+    from scylla.pipeline import JobContext, _abs, build_tokenizer, resolve_device
+    from scylla.tracking import make_tracker
+
+    cfg = validate(compose(list(overrides or [])))
+    ctx = JobContext(cfg=cfg, cache_dir=_abs(cfg.paths.cache_dir), device=resolve_device("auto"),
+                     threads=torch.get_num_threads(), tracker=make_tracker(cfg.logger, run_id="bench", config={}),
+                     progress=True)
+    ctx.tokenizer = build_tokenizer(ctx)
+    return ctx
+
+
+def bench_pair(n_prompts: int = 32, prompt_tokens: int = 64) -> tuple[Any, Any, list[list[int]]]:
+    """(target, draft, code-task prompts): trained on first use, cached afterwards."""
+    from scylla.data import eval_prompts
+    from scylla.pipeline import build_draft, build_target
+
+    ctx = bench_context([f"draft={BENCH_DRAFT}", f"draft.tokens={BENCH_DRAFT_TOKENS}", "logger=none"])
+    ctx.target = build_target(ctx)
+    draft = build_draft(ctx)
+    prompts = eval_prompts("code", ctx.tokenizer, n_prompts, prompt_tokens, seed=0)
+    return ctx.target.model, draft.model, prompts

@@ -1,0 +1,231 @@
+"""Content-hashed checkpoint cache, provenance, and loading that never unpickles.
+
+A checkpoint is a folder: the model's ``save_pretrained`` output (safetensors), the tokenizer it was
+trained with, and ``provenance.json`` (model spec, train config, exact tokens seen, corpus manifest
+hash, tokenizer fingerprint, code version, validation loss). Its name ends in a hash of everything
+that determines its weights, so any job asking for the same thing finds and reuses it. A folder is
+complete only once ``provenance.json`` exists: it is written last and folders are published by an
+atomic rename, so a killed job never leaves a half checkpoint that others would trust.
+
+Resumable training state (weights + AdamW moments) is stored as plain tensors in safetensors files
+plus JSON, so resuming also never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .tokenizer import default_cache_dir
+
+PROVENANCE = "provenance.json"
+FORMAT = "scylla-checkpoint-v1"
+# Modules whose classes `load_checkpoint` may import by the name recorded in provenance.
+_TRUSTED_MODULE_PREFIXES = ("scylla.", "transformers.")
+
+__all__ = ["PROVENANCE", "default_cache_dir", "hash_key", "code_version", "is_complete", "read_provenance",
+           "save_checkpoint", "load_checkpoint", "save_train_state", "load_train_state", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or of an unknown kind."""
+
+
+def hash_key(obj: Any, length: int = 16) -> str:
+    """Stable short hash of a JSON-able object (sorted keys): the cache key of a run or checkpoint."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def code_version() -> str:
+    """``git describe`` of the source tree when it is a git checkout, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        if out.stdout.strip():
+            return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return f"scylla=={version('scylla')}"
+    except Exception:  # not installed as a distribution
+        return "unknown"
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / PROVENANCE).is_file()
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / PROVENANCE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a complete scylla checkpoint (no {PROVENANCE}); "
+                              "it may still be training, or was killed before finishing: re-run the training")
+    return json.loads(path.read_text())
+
+
+def save_checkpoint(model: torch.nn.Module, folder: str | Path, provenance: dict[str, Any],
+                    tokenizer: Any | None = None) -> Path:
+    """Write model (+ tokenizer) + provenance into a temporary folder, then publish it atomically.
+
+    Uses the model's ``save_pretrained`` when it has one (safetensors), else ``model.safetensors``.
+    If another process published the same folder first, its copy is kept (same key = same content).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        if hasattr(model, "save_pretrained"):
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise
+            try:
+                model.save_pretrained(str(tmp), safe_serialization=True)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        if tokenizer is not None:
+            tokenizer.save(tmp / "tokenizer")
+        cls = type(model)
+        record = {"format": FORMAT, "model_class": f"{cls.__module__}.{cls.__qualname__}",
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
+        (tmp / PROVENANCE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        if folder.exists() and is_complete(folder):
+            shutil.rmtree(tmp)
+            return folder
+        if folder.exists():  # an incomplete leftover of a killed job
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _import_class(qualified: str) -> type:
+    if not qualified.startswith(_TRUSTED_MODULE_PREFIXES):
+        raise CheckpointError(f"checkpoint model class {qualified!r} is outside scylla/transformers; refusing "
+                              "to import it. Load the weights yourself with safetensors.torch.load_model.")
+    module, _, name = qualified.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode, provenance) from a checkpoint folder; safetensors only, nothing unpickled.
+
+    Llama checkpoints load through ``transformers``; other scylla models (e.g. multi-token prediction)
+    through their class's ``from_pretrained``, the class named in provenance.
+    """
+    from .models import load_causal_lm
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    prov = read_provenance(folder)
+    qualified = prov.get("model_class", "")
+    if qualified.startswith("transformers.") or not qualified:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = load_causal_lm(folder, dtype=dtype, device=device, local_files_only=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+    else:
+        cls = _import_class(qualified)
+        if not hasattr(cls, "from_pretrained"):
+            raise CheckpointError(f"{qualified} has no from_pretrained; load {folder}/model.safetensors with "
+                                  "safetensors.torch.load_model into a model you build")
+        model = cls.from_pretrained(str(folder))
+        if dtype is not None:
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
+        model.eval()
+    return model, prov
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resumable training state
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     meta: dict[str, Any]) -> None:
+    """Weights, optimizer moments and a JSON ``meta`` under ``prefix`` (+ .model/.optim.safetensors,
+    .json). The JSON is written last, so a reader that finds it finds complete tensor files."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    model_tmp = prefix.with_name(f".{prefix.name}.model.{tag}")
+    optim_tmp = prefix.with_name(f".{prefix.name}.optim.{tag}")
+    save_model(model, str(model_tmp))
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    save_file(tensors, str(optim_tmp))
+    os.replace(model_tmp, f"{prefix}.model.safetensors")
+    os.replace(optim_tmp, f"{prefix}.optim.safetensors")
+    record = {"meta": meta, "param_groups": sd["param_groups"], "scalars": scalars, "tag": tag}
+    _atomic_write_text(Path(f"{prefix}.json"), json.dumps(record, default=float))
+
+
+def read_train_state_meta(prefix: str | Path) -> dict[str, Any] | None:
+    path = Path(f"{prefix}.json")
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["meta"]
+
+
+def load_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     device: torch.device | str | None = None) -> dict[str, Any]:
+    """Restore what `save_train_state` wrote into ``model`` and ``optimizer``; returns ``meta``."""
+    record = json.loads(Path(f"{prefix}.json").read_text())
+    missing, unexpected = load_model(model, f"{prefix}.model.safetensors", strict=True,
+                                     device=str(device or "cpu"))
+    tensors = load_file(f"{prefix}.optim.safetensors", device=str(device or "cpu"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = value
+    for idx, extra in record["scalars"].items():
+        state.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": record["param_groups"]})
+    return record["meta"]
+
+
+def remove_train_state(prefix: str | Path) -> None:
+    for suffix in (".json", ".model.safetensors", ".optim.safetensors"):
+        Path(f"{prefix}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,598 @@
+"""Structured-config schemas for the Hydra tree in ``configs/``.
+
+Every YAML file of the tree merges into one of these dataclasses, so OmegaConf rejects a wrong type
+or an unknown key while Hydra composes; `validate` then builds the typed objects, which runs every
+``__post_init__`` range check. `compose` does both, for notebooks and tests; ``scylla-run`` validates
+before any work starts. Each check raises `ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "TokenizerConfig",
+    "TargetConfig",
+    "DraftConfig",
+    "TrainSchema",
+    "DecodeConfig",
+    "EvalConfig",
+    "LoggerConfig",
+    "PathsConfig",
+    "RuntimeConfig",
+    "AxesConfig",
+    "ScyllaConfig",
+    "DRAFT_FAMILIES",
+    "config_dir",
+    "compose",
+    "validate",
+    "to_plain_dict",
+    "scrub_secrets",
+    "identity",
+    "config_hash",
+]
+
+DRAFT_FAMILIES = ("llama", "mtp")
+TOKENIZER_KINDS = ("bpe", "byte")  # plus "pretrained:<name_or_path>"
+TARGET_SOURCES = ("preset", "pretrained")
+WANDB_MODES = ("offline", "online", "disabled")
+LOGGER_BACKENDS = ("none", "wandb")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and how to fix it."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(value: Any, key: str) -> None:
+    _check(value is not None and value >= 1, key, f"must be >= 1, got {value!r}")
+
+
+def _check_shape(prefix: str, d_model: int, n_layers: int, n_heads: int, ffn_dim: Optional[int]) -> None:
+    for name, value in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads)):
+        _positive(value, f"{prefix}.{name}")
+    _check(d_model % n_heads == 0, f"{prefix}.n_heads",
+           f"d_model={d_model} is not divisible by n_heads={n_heads}; pick n_heads that divides d_model")
+    _check(ffn_dim is None or ffn_dim >= 1, f"{prefix}.ffn_dim", f"must be >= 1 or null (default), got {ffn_dim!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Groups
+
+
+@dataclass
+class DataConfig:
+    """Training corpora (registry names of `scylla.data.load_corpus`) and per-corpus loader options."""
+
+    corpora: list[str] = field(default_factory=lambda: ["pycode", "shakespeare", "kjv"])
+    corpus_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(len(self.corpora) > 0, "data.corpora", "list at least one corpus (e.g. [pycode, shakespeare, kjv])")
+        _check(len(set(self.corpora)) == len(self.corpora), "data.corpora", f"has duplicates: {list(self.corpora)}")
+        unknown = set(self.corpus_options) - set(self.corpora)
+        _check(not unknown, "data.corpus_options", f"options for corpora not in data.corpora: {sorted(unknown)}")
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizer shared by target and drafts: ``bpe`` (trained and cached), ``byte`` or
+    ``pretrained:<name_or_path>`` (a pretrained target's own tokenizer)."""
+
+    kind: str = "bpe"
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.kind in TOKENIZER_KINDS or (self.kind.startswith("pretrained:") and len(self.kind) > 11),
+               "tokenizer.kind", f"unknown kind {self.kind!r}; use one of {list(TOKENIZER_KINDS)} or "
+               "'pretrained:<name_or_path>'")
+        _check(self.vocab_size >= 260, "tokenizer.vocab_size",
+               f"must be >= 260 (256 bytes + specials), got {self.vocab_size}")
+        _positive(self.min_frequency, "tokenizer.min_frequency")
+
+
+@dataclass
+class TargetConfig:
+    """The model whose outputs speculative decoding reproduces.
+
+    ``source: preset`` trains a Llama of the given shape for ``tokens`` tokens (cached);
+    ``source: pretrained`` loads any causal LM from ``path`` (a local folder or hub id)."""
+
+    name: str = "target"
+    source: str = "preset"
+    path: Optional[str] = None
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    ffn_dim: Optional[int] = None
+    tokens: int = 20_000_000
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "target.name", "must be a non-empty string")
+        _check(self.source in TARGET_SOURCES, "target.source",
+               f"unknown source {self.source!r}; use one of {list(TARGET_SOURCES)}")
+        if self.source == "pretrained":
+            _check(bool(self.path), "target.path", "source=pretrained needs a local folder or hub id in target.path")
+        else:
+            _check_shape("target", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
+            _positive(self.tokens, "target.tokens")
+
+    def to_spec(self, vocab_size: int) -> Any:
+        """The `scylla.models.ModelSpec` of a preset target."""
+        from scylla.models import ModelSpec
+
+        return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                         ffn_dim=self.ffn_dim, vocab_size=vocab_size)
+
+
+@dataclass
+class DraftConfig:
+    """One draft model. Depth (``n_layers``) and width (``d_model``) are separate knobs.
+
+    ``tokens`` is the draft's pretraining budget. ``token_budgets`` lists every budget of the sweep
+    this job belongs to: jobs that differ only in ``tokens`` then share one branched training run
+    (the first job trains all budgets under a lock, the others reuse the checkpoints). ``family:
+    mtp`` selects multi-token-prediction heads (``k`` heads) instead of a separate draft model."""
+
+    name: str = "draft"
+    family: str = "llama"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: Optional[int] = None
+    tokens: int = 2_000_000
+    token_budgets: Optional[list[int]] = None
+    k: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "draft.name", "must be a non-empty string")
+        _check(self.family in DRAFT_FAMILIES, "draft.family",
+               f"unknown family {self.family!r}; use one of {list(DRAFT_FAMILIES)}")
+        _check_shape("draft", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
+        _check(self.tokens is not None and self.tokens >= 1, "draft.tokens",
+               f"the token budget must be a positive number of tokens, got {self.tokens!r}")
+        if self.token_budgets is not None:
+            bad = [b for b in self.token_budgets if b < 1]
+            _check(not bad, "draft.token_budgets", f"every budget must be >= 1 token, got {bad}")
+            _check(self.tokens in self.token_budgets, "draft.token_budgets",
+                   f"draft.tokens={self.tokens} is not one of the sweep's budgets {list(self.token_budgets)}; "
+                   "add it or set draft.token_budgets=null")
+        if self.family == "mtp":
+            _check(self.k is not None and self.k >= 2, "draft.k",
+                   f"family=mtp needs k >= 2 prediction heads, got {self.k!r}")
+        else:
+            _check(self.k is None, "draft.k", f"is only used by family=mtp; set it to null (got {self.k})")
+
+    def to_spec(self, vocab_size: int) -> Any:
+        """The `scylla.models.ModelSpec` of this draft (its trunk, for family=mtp)."""
+        from scylla.models import ModelSpec
+
+        return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                         ffn_dim=self.ffn_dim, vocab_size=vocab_size)
+
+    @property
+    def budgets(self) -> list[int]:
+        """The budgets one training run produces for this job (sorted, ``tokens`` included)."""
+        return sorted(set(self.token_budgets or []) | {self.tokens})
+
+
+@dataclass
+class TrainSchema:
+    """Pretraining settings shared by target and drafts; mirrors `scylla.train.TrainConfig` field for
+    field (threads excepted: that is a runtime knob, see ``runtime.threads``)."""
+
+    seq_len: int = 256
+    batch_size: int = 16
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    warmup_tokens: Optional[int] = None
+    warmup_steps: int = 20
+    cooldown_fraction: float = 0.2
+    cooldown_shape: str = "1-sqrt"
+    seed: int = 0
+    bf16: Union[str, bool] = "auto"
+    log_every: int = 10
+    eval_every: int = 0
+    eval_tokens: int = 32_768
+    save_every_steps: int = 0
+    save_every_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        _positive(self.seq_len, "train.seq_len")
+        _positive(self.batch_size, "train.batch_size")
+        _positive(self.eval_tokens, "train.eval_tokens")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr_ratio < 1, "train.min_lr_ratio", f"must lie in [0, 1), got {self.min_lr_ratio}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            _check(0 <= getattr(self, name) < 1, f"train.{name}", f"must lie in [0, 1), got {getattr(self, name)}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(self.warmup_tokens is None or self.warmup_tokens >= 0, "train.warmup_tokens",
+               f"must be >= 0 or null (use warmup_steps), got {self.warmup_tokens}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(0 < self.cooldown_fraction <= 1, "train.cooldown_fraction",
+               f"must lie in (0, 1], got {self.cooldown_fraction}")
+        _check(self.cooldown_shape in ("linear", "1-sqrt"), "train.cooldown_shape",
+               f"use linear or 1-sqrt, got {self.cooldown_shape!r}")
+        _check(self.bf16 in ("auto", True, False), "train.bf16", f"use auto, true or false, got {self.bf16!r}")
+        _positive(self.log_every, "train.log_every")
+        _check(self.eval_every >= 0 and self.save_every_steps >= 0 and self.save_every_seconds >= 0,
+               "train.eval_every/save_every_*", "must be >= 0")
+
+    def to_train_config(self, threads: Optional[int] = None) -> Any:
+        """The `scylla.train.TrainConfig` these settings describe."""
+        import dataclasses
+
+        from scylla.train import TrainConfig
+
+        return TrainConfig(**dataclasses.asdict(self), threads=threads)
+
+
+@dataclass
+class DecodeConfig:
+    """Speculative decoding settings. Every batch size is measured inside one job, so a batch sweep
+    loads each checkpoint once and never retrains."""
+
+    gamma: int = 4
+    temperature: float = 0.0
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _positive(self.gamma, "decode.gamma")
+        _check(self.temperature >= 0, "decode.temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
+        _check(len(self.batch_sizes) > 0, "decode.batch_sizes", "list at least one batch size, e.g. [1, 4, 16]")
+        bad = [b for b in self.batch_sizes if b < 1]
+        _check(not bad, "decode.batch_sizes", f"batch sizes must be >= 1, got {bad}")
+        _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "decode.batch_sizes",
+               f"has duplicates: {list(self.batch_sizes)}")
+        _positive(self.max_new_tokens, "decode.max_new_tokens")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out prompts per task (tasks of `scylla.data.TASKS`) and wall-clock repeats."""
+
+    tasks: list[str] = field(default_factory=lambda: ["code", "shakespeare", "bible"])
+    n_prompts: int = 32
+    prompt_tokens: int = 64
+    seed: int = 1234
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) > 0, "eval.tasks", "list at least one task, e.g. [code, shakespeare, bible]")
+        _check(len(set(self.tasks)) == len(self.tasks), "eval.tasks", f"has duplicates: {list(self.tasks)}")
+        known = _known_tasks()
+        if known is not None:
+            unknown = [t for t in self.tasks if t not in known]
+            _check(not unknown, "eval.tasks", f"unknown task(s) {unknown}; known tasks: {sorted(known)}")
+        _positive(self.n_prompts, "eval.n_prompts")
+        _positive(self.prompt_tokens, "eval.prompt_tokens")
+        _positive(self.repeats, "eval.repeats")
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking. The local results store is the source of truth; wandb is the view.
+
+    ``mode: null`` follows ``$WANDB_MODE`` and falls back to offline (no network; ``wandb sync``
+    later). API keys are never configured here: wandb reads them from its own login or env."""
+
+    backend: str = "none"
+    mode: Optional[str] = None
+    project: str = "scylla"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.backend in LOGGER_BACKENDS, "logger.backend",
+               f"unknown backend {self.backend!r}; use one of {list(LOGGER_BACKENDS)} (logger=wandb or logger=none)")
+        _check(self.mode is None or self.mode in WANDB_MODES, "logger.mode",
+               f"unknown mode {self.mode!r}; use one of {list(WANDB_MODES)} or null (= $WANDB_MODE, else offline)")
+        _check(bool(self.project), "logger.project", "must be a non-empty string")
+
+
+@dataclass
+class PathsConfig:
+    """Where records and caches go. Relative paths resolve against the directory scylla-run was
+    started from (Hydra's original cwd), so every launcher writes to the same place."""
+
+    results_dir: str = "outputs/results"
+    cache_dir: str = "${oc.env:SCYLLA_CACHE,'~/.cache/scylla'}"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.results_dir), "paths.results_dir", "must be a non-empty path")
+        _check(bool(self.cache_dir), "paths.cache_dir", "must be a non-empty path")
+
+
+@dataclass
+class RuntimeConfig:
+    """Per-job execution knobs that do not change what is measured (not part of the record key)."""
+
+    threads: Optional[int] = None  # null: cores // concurrent jobs of the launcher
+    device: str = "auto"  # auto = cuda when present, else cpu
+    skip_existing: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.threads is None or self.threads >= 1, "runtime.threads",
+               f"must be >= 1 or null (auto), got {self.threads}")
+        _check(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
+               "runtime.device", f"use auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+@dataclass
+class AxesConfig:
+    """The values the sweep presets (configs/sweep) iterate over; not part of a job's identity.
+
+    ``drafts`` are draft preset names, ``tokens`` draft pretraining budgets, ``gammas`` draft
+    lengths of the batch sweep, ``batch_sizes`` the batch sizes each batch/grid job measures."""
+
+    drafts: list[str] = field(default_factory=lambda: ["draft-w32", "draft-w64", "draft-w128"])
+    tokens: list[int] = field(default_factory=lambda: [1_000_000, 2_000_000])
+    gammas: list[int] = field(default_factory=lambda: [2, 4])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
+
+    def __post_init__(self) -> None:
+        for name in ("drafts", "tokens", "gammas", "batch_sizes"):
+            values = list(getattr(self, name))
+            _check(len(values) > 0, f"axes.{name}", "list at least one value")
+            _check(len(set(values)) == len(values), f"axes.{name}", f"has duplicates: {values}")
+        for name in ("tokens", "gammas", "batch_sizes"):
+            bad = [v for v in getattr(self, name) if v < 1]
+            _check(not bad, f"axes.{name}", f"values must be >= 1, got {bad}")
+
+
+@dataclass
+class ScyllaConfig:
+    """One job: which target and draft, how they are trained, and how decoding is measured."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
+    train: TrainSchema = field(default_factory=TrainSchema)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    axes: AxesConfig = field(default_factory=AxesConfig)
+    experiment: str = "default"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        step = self.train.batch_size * self.train.seq_len
+        small = [b for b in self.draft.budgets if b < step]
+        _check(not small, "draft.tokens", f"budget(s) {small} are smaller than one training step (train.batch_size "
+               f"{self.train.batch_size} x train.seq_len {self.train.seq_len} = {step} tokens); raise the budget "
+               "or lower train.batch_size/seq_len")
+        if self.target.source == "preset":
+            _check(self.target.tokens >= step, "target.tokens",
+                   f"{self.target.tokens} is smaller than one training step ({step} tokens)")
+        if self.tokenizer.kind.startswith("pretrained:"):
+            _check(self.target.source == "pretrained", "tokenizer.kind",
+                   "a pretrained tokenizer only fits a pretrained target (target.source=pretrained)")
+
+
+def _known_tasks() -> Optional[set[str]]:
+    try:
+        from scylla.data import TASKS
+    except ImportError:  # data module not importable: the pipeline checks task names itself
+        return None
+    return set(TASKS)
+
+
+def _register() -> None:
+    cs = ConfigStore.instance()
+    # One schema for the whole tree: every group file merges into its typed node of ScyllaConfig.
+    cs.store(name="scylla_schema", node=ScyllaConfig)
+
+
+_register()
+
+
+def _csv(values: Any) -> str:
+    """``${csv:${axes.tokens}}`` -> "1,2,3": a list as a Hydra sweep value."""
+    return ",".join(str(v) for v in values)
+
+
+if not OmegaConf.has_resolver("csv"):
+    OmegaConf.register_new_resolver("csv", _csv)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Composition and validation
+
+
+def config_dir() -> Path:
+    """The ``configs/`` tree: ``$SCYLLA_CONFIG_DIR``, else the one next to the package (a checkout or
+    an editable install)."""
+    env = os.environ.get("SCYLLA_CONFIG_DIR")
+    path = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"config tree not found at {path} (no config.yaml); run from a checkout or `pip install -e .`, "
+            "or point SCYLLA_CONFIG_DIR at a copy of the repository's configs/ folder"
+        )
+    return path
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    """The job config without Hydra's own node (present with return_hydra_config), type kept."""
+    if "hydra" not in cfg:
+        return cfg
+    node = cfg.copy()
+    with open_dict(node):
+        del node["hydra"]
+    return node
+
+
+def _check_known_keys(node: Any, schema: type, prefix: str) -> None:
+    """Reject keys a schema does not declare (``+draft.foo=1`` slips past OmegaConf's struct mode)."""
+    import dataclasses
+
+    if not isinstance(node, DictConfig):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key; {prefix.rstrip('.') or 'the config'} accepts "
+                              f"{sorted(fields)}")
+        ftype = fields[key].type
+        sub = globals().get(ftype) if isinstance(ftype, str) else ftype
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            _check_known_keys(node._get_node(key), sub, f"{prefix}{key}.")
+
+
+def validate(cfg: DictConfig | ScyllaConfig) -> ScyllaConfig:
+    """Build the typed config (running every range check); raise `ConfigError` on bad values."""
+    if isinstance(cfg, ScyllaConfig):
+        return cfg
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = _without_hydra(cfg)
+        _check_known_keys(node, ScyllaConfig, "")
+        obj = OmegaConf.to_object(node)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
+        if cause is not None:
+            raise cause from None
+        raise ConfigError(str(err).splitlines()[0]) from None
+    if not isinstance(obj, ScyllaConfig):
+        raise ConfigError("the composed config does not use scylla_schema; keep `- scylla_schema` first in "
+                          "config.yaml's defaults")
+    return obj
+
+
+def compose(overrides: list[str] | None = None, *, config_name: str = "config",
+            return_hydra_config: bool = False) -> DictConfig:
+    """Compose and validate a job config with the Compose API (notebooks, tests, the demo).
+
+    Raises `ConfigError` with Hydra's message for an unknown preset, key or bad type."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from omegaconf.errors import OmegaConfBaseException
+
+    backup = get_gh_backup()  # also usable inside a running Hydra app, whose state is put back after
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []),
+                                return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_hydra_message(err)) from None
+    finally:
+        restore_gh_from_backup(backup)
+    validate(cfg)
+    return cfg
+
+
+def _hydra_message(err: Exception) -> str:
+    """Hydra's own message without the traceback (it already names the bad preset or key)."""
+    msg = str(err).strip()
+    cause = err.__cause__
+    if cause is not None and str(cause) and str(cause) not in msg:
+        msg = f"{msg}\n{str(cause).strip()}"
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain dicts, secrets and the record key
+
+# A key *named* like a credential (api_key, hf_token, secret, password, ...), not one merely
+# containing the word (tokens, tokenizer_fingerprint, max_new_tokens are settings).
+_SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?|auth)$", re.IGNORECASE)
+# Environment variables holding credentials: WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$|SECRET", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def _secret_values() -> list[str]:
+    return [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8]
+
+
+def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
+    """A copy of ``obj`` with secret-looking keys redacted and any env secret value removed.
+
+    Secret values come from environment variables such as WANDB_API_KEY or HF_TOKEN; they must
+    never reach a record, a log or a wandb config, even when interpolated into some other key."""
+    values = _secret_values() if _values is None else _values
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and _SECRET_KEY.search(k) and v is not None \
+                    and not isinstance(v, (dict, list, bool, int, float)):
+                out[k] = REDACTED
+            else:
+                out[k] = scrub_secrets(v, values)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [scrub_secrets(v, values) for v in obj]
+    if isinstance(obj, str):
+        for secret in values:
+            if secret in obj:
+                obj = obj.replace(secret, REDACTED)
+        return obj
+    return obj
+
+
+def to_plain_dict(cfg: DictConfig | ScyllaConfig) -> dict[str, Any]:
+    """The resolved job config as plain JSON-ready Python, secrets stripped, Hydra's node dropped."""
+    if isinstance(cfg, ScyllaConfig):
+        node = OmegaConf.structured(cfg)
+    else:
+        node = _without_hydra(cfg)
+    plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+    return scrub_secrets(plain)
+
+
+# Sections that decide what a job measures. Logger, paths and runtime (threads, progress) do not.
+# Train settings that change neither weights nor the recorded losses (as in scylla.train.TrainConfig).
+_TRAIN_NON_KEY = ("log_every", "eval_every", "save_every_steps", "save_every_seconds")
+IDENTITY_KEYS = ("data", "tokenizer", "target", "draft", "train", "decode", "eval", "seed")
+
+
+def identity(cfg: DictConfig | ScyllaConfig, device: str) -> dict[str, Any]:
+    """The part of a job config that determines its measurement (plus the device type)."""
+    plain = to_plain_dict(cfg)
+    ident = {k: plain[k] for k in IDENTITY_KEYS}
+    # Which budgets train together is scheduling, not measurement: a budget's checkpoint is the
+    # same whichever other budgets share its run (WSD branches off one trunk).
+    ident["draft"] = {k: v for k, v in ident["draft"].items() if k != "token_budgets"}
+    ident["train"] = {k: v for k, v in ident["train"].items() if k not in _TRAIN_NON_KEY}
+    ident["device"] = device.split(":")[0]
+    return ident
+
+
+def config_hash(cfg: DictConfig | ScyllaConfig, device: str) -> str:
+    """Key of a job's record: sha256 of its canonical identity JSON (first 16 hex digits)."""
+    blob = json.dumps(identity(cfg, device), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,365 @@
+"""`scylla-fit`: fit the laws on a results table and recommend a draft.
+
+    scylla-fit outputs/results --out outputs/fit
+    scylla-fit 'multirun/**/results.parquet' --out outputs/fit --batch-sizes 1,8,32
+    scylla-fit --wandb-project scylla-sweep --out outputs/fit
+
+Writes, per (task, temperature) group: fits.json, report.md, recommendation.json/.md,
+draft/<name>.yaml (a Hydra `draft=` group file) and figures/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .checks import FitWarning, compare_forms
+from .core import FitError, FitResult, fit_law, single_thread_blas
+from .cost import fit_cost_model
+from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
+
+__all__ = ["load_table", "fit_results", "main"]
+
+AXIS_FORMS = ["log_linear", "logit_linear", "saturating_power"]
+JOINT_FORMS = ["joint_logit_linear", "joint_logit_linear_interaction"]
+NONCONVEX_STARTS = 30  # grid points (best by objective) that start L-BFGS-B for non-convex forms
+_READERS = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
+            ".json": pd.read_json}
+
+
+class InputError(FileNotFoundError):
+    """The results could not be found or read."""
+
+
+_TABLES = (".parquet", ".csv", ".jsonl")
+
+
+def _table_files(spec: str) -> list[Path] | None:
+    """Tidy-table files (parquet/csv/jsonl) named by spec, or None when spec names record files."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in _READERS and not f.name.startswith("."))
+    elif p.is_file():
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).suffix in _READERS)
+    if not files:
+        raise InputError(f"no results found at {spec!r} (a folder of records, a table file or a glob)")
+    if all(f.suffix in _TABLES for f in files):
+        return files
+    return None
+
+
+def load_table(path: str | None = None, wandb_project: str | None = None) -> pd.DataFrame:
+    """The results table: tidy tables (.parquet/.csv/.jsonl) are read directly; a folder, file or glob
+    of job records goes through `scylla.results.load`, a wandb project through
+    `scylla.results.load_wandb`."""
+    try:
+        from scylla import results as _results  # written by the results subsystem
+    except ImportError:
+        _results = None
+    if wandb_project:
+        if _results is None or not hasattr(_results, "load_wandb"):
+            raise InputError("--wandb-project needs scylla.results.load_wandb, which this installation lacks; "
+                             "export the runs to a results folder and pass its path instead")
+        return _results.load_wandb(wandb_project)
+    if path is None:
+        raise InputError("give a results path (folder, file or glob) or --wandb-project")
+    files = _table_files(path)
+    if files is not None:
+        return pd.concat([_READERS[f.suffix](f) for f in files], ignore_index=True)
+    if _results is None:
+        raise InputError(f"{path!r} holds job records but scylla.results is not installed to read them")
+    try:
+        return _results.load(path)
+    except ValueError as exc:  # ResultsError
+        raise InputError(str(exc)) from None
+
+
+def _slug(*parts: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
+
+
+def _fit_safe(frame: pd.DataFrame, form: str, x: Any, y: str, notes: list[str], **kw) -> FitResult | None:
+    """fit_law, with its FitWarnings and a FitError recorded as notes of the report."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FitWarning)
+        try:
+            return fit_law(frame, form, x, y, **kw)
+        except FitError as exc:
+            notes.append(f"{form} ({y} ~ {x}) skipped: {exc}")
+            return None
+        finally:
+            notes.extend(str(w.message) for w in caught)
+
+
+@single_thread_blas
+def fit_results(
+    table: pd.DataFrame,
+    out: str | Path,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    batch_sizes: list[float] | None = None,
+    token_budgets: list[float] | None = None,
+    max_gamma: int = 8,
+    compute_budget: float | None = None,
+    full_grid: bool = False,
+    plots: bool = True,
+) -> dict[str, dict]:
+    """The whole fitting step on a results table; returns {group: summary} and writes files under `out`."""
+    out = Path(out)
+    need = {"drafted", "accepted", "steps", "draft_params", "draft_tokens"}
+    if missing := need - set(table.columns):
+        raise FitError(f"the results table lacks column(s) {sorted(missing)}")
+    keys = [c for c in ("task", "temperature") if c in table.columns]
+    groups = list(table.groupby(keys, dropna=False)) if keys else [((), table)]
+    summaries = {}
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        name = _slug(*[f"{k}={v}" for k, v in zip(keys, key)]) or "all"
+        gdir = out / name if len(groups) > 1 else out
+        summaries[name] = _fit_group(g, gdir, n_bootstrap=n_bootstrap, seed=seed, level=level,
+                                     batch_sizes=batch_sizes, token_budgets=token_budgets, max_gamma=max_gamma,
+                                     compute_budget=compute_budget, full_grid=full_grid, plots=plots)
+    return summaries
+
+
+def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, level: float,
+               batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
+               compute_budget: float | None, full_grid: bool, plots: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
+    llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
+    try:
+        acc = acceptance_table(llama)
+    except FitError as exc:
+        summary = {"n_rows": len(frame), "n_configurations": 0, "fits": {}, "comparisons": {},
+                   "recommendation": None, "notes": [f"nothing to fit: {exc}"], "figures": []}
+        (out / "fits.json").write_text(json.dumps(summary, indent=2))
+        (out / "report.md").write_text(f"# Scylla fit report\n\nNothing to fit: {exc}\n")
+        return summary
+    fits: dict[str, FitResult] = {}
+    data_for: dict[str, pd.DataFrame] = {}
+    comparisons: dict[str, list[dict]] = {}
+
+    def compare(key: str, sub: pd.DataFrame, forms: list[str], x: Any, y: str) -> FitResult | None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FitWarning)
+            table = compare_forms(sub, forms, x, y, max_starts=NONCONVEX_STARTS, **kw)
+        notes.extend(str(w.message) for w in caught)
+        rows = []
+        for _, r in table.iterrows():
+            if isinstance(r.get("result"), FitResult):
+                fits[f"{key}/{r['form']}"] = r["result"]
+                data_for[f"{key}/{r['form']}"] = sub
+                rows.append({"form": r["form"], "aicc": r["aicc"], "delta_aicc": r["delta_aicc"],
+                             "akaike_weight": r["akaike_weight"], "r2": r["r2"]})
+            else:
+                notes.append(f"{key}/{r['form']} skipped: {r['error']}")
+        comparisons[key] = rows
+        ok = table[table["result"].map(lambda v: isinstance(v, FitResult))] if "result" in table else table.iloc[:0]
+        return ok["result"].iloc[0] if len(ok) else None
+
+    # per-axis acceptance laws, each on the slice where the other axis is at its largest value
+    for axis, other in (("draft_tokens", "draft_params"), ("draft_params", "draft_tokens")):
+        sub = acc[acc[other] == acc[other].max()]
+        if sub[axis].nunique() >= 3:
+            compare(f"alpha_vs_{axis.removeprefix('draft_')}", sub, AXIS_FORMS, axis, "alpha")
+        else:
+            notes.append(f"alpha vs {axis}: fewer than 3 distinct values at the largest {other}; no axis law")
+    joint = None
+    if acc["draft_tokens"].nunique() >= 2 and acc["draft_params"].nunique() >= 2:
+        compare("alpha_joint", acc, JOINT_FORMS, ["draft_tokens", "draft_params"], "alpha")
+        # the per-token acceptance probability is what the speedup formulas take: the recommendation's law
+        joint = compare("alpha_token_joint", acc, JOINT_FORMS, ["draft_tokens", "draft_params"], "alpha_token")
+    # the batch-size law: measured speedup of the best measured draft, best gamma per batch size
+    if {"speedup", "batch_size"} <= set(llama.columns) and llama["batch_size"].nunique() >= 3:
+        cfg = llama.groupby(["draft_name", "draft_tokens"])["speedup"].mean().idxmax()
+        best = llama[(llama["draft_name"] == cfg[0]) & (llama["draft_tokens"] == cfg[1])]
+        best = best.groupby("batch_size", as_index=False)["speedup"].max()
+        res = _fit_safe(best, "log_linear", "batch_size", "speedup", notes, **kw)
+        if res is not None:
+            fits["speedup_vs_batch/log_linear"] = res
+            data_for["speedup_vs_batch/log_linear"] = best
+            notes.append(f"speedup_vs_batch: measured speedups of {cfg[0]} at {cfg[1]:.3g} tokens, best gamma per batch")
+    # drafts' own LM loss: Chinchilla law, and whether loss predicts acceptance
+    if "draft_val_loss" in acc.columns and acc["draft_val_loss"].notna().all():
+        res = _fit_safe(acc, "chinchilla", ["draft_params", "draft_tokens"], "draft_val_loss", notes,
+                        **({"grid": "full"} if full_grid else {"grid": "reduced", "max_starts": NONCONVEX_STARTS}),
+                        **kw)
+        if res is not None:
+            fits["loss/chinchilla"] = res
+            data_for["loss/chinchilla"] = acc
+        res = _fit_safe(acc, "logit_linear", "draft_val_loss", "alpha", notes, **kw)
+        if res is not None:
+            fits["alpha_vs_loss/logit_linear"] = res
+            data_for["alpha_vs_loss/logit_linear"] = acc
+
+    # recommendation
+    rec: Recommendation | None = None
+    law = joint
+    if law is None:  # one varying axis: a bounded per-axis law of the per-token acceptance
+        for axis in ("draft_tokens", "draft_params"):
+            if acc[axis].nunique() >= 3:
+                law = _fit_safe(acc, "logit_linear", axis, "alpha_token", notes, **kw)
+                if law is not None:
+                    fits[f"alpha_token_vs_{axis.removeprefix('draft_')}/logit_linear"] = law
+                    data_for[f"alpha_token_vs_{axis.removeprefix('draft_')}/logit_linear"] = acc
+                    break
+    try:
+        if law is None:
+            raise FitError("no acceptance law could be fitted (drafts must vary in size and/or tokens)")
+        cost = fit_cost_model(frame, n_bootstrap=n_bootstrap, seed=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FitWarning)
+            rec = recommend(
+                law, cost, candidates=candidate_drafts(frame),
+                token_budgets=token_budgets or sorted(acc["draft_tokens"].unique()),
+                batch_sizes=batch_sizes or sorted(frame["batch_size"].unique()),
+                max_gamma=max_gamma, compute_budget=compute_budget,
+            )
+        rec.notes.extend(str(w.message) for w in caught if str(w.message) not in rec.notes)
+        rec.write(out)
+    except FitError as exc:
+        notes.append(f"recommendation skipped: {exc}")
+
+    figures = []
+    if plots:
+        from . import plots as P
+
+        for key, res in fits.items():
+            slug = key.replace("/", "__")
+            figures.append(P.save(P.plot_law(res, data_for[key]), out / "figures" / f"law_{slug}.png"))
+            figures.append(P.save(P.plot_residuals(res, data_for[key]), out / "figures" / f"residuals_{slug}.png"))
+        if rec is not None:
+            figures.append(P.save(P.plot_speedup_vs_batch(rec, frame), out / "figures" / "speedup_vs_batch.png"))
+
+    summary = {
+        "n_rows": len(frame), "n_configurations": len(acc),
+        "fits": {k: v.to_dict() for k, v in fits.items()}, "comparisons": comparisons,
+        "recommendation": rec.to_dict() if rec is not None else None, "notes": notes,
+        "figures": [str(f.relative_to(out)) for f in figures],
+        "conventions": {"tau": "tokens per target forward, bonus/correction token included",
+                        "intervals": f"{int(round(100 * level))}% bootstrap percentile intervals, seed {seed}"},
+    }
+    (out / "fits.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "report.md").write_text(_report(summary, fits, rec))
+    return summary
+
+
+def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | None) -> str:
+    lines = ["# Scylla fit report", "",
+             f"{summary['n_rows']} result rows, {summary['n_configurations']} draft configurations "
+             "(acceptance pooled over batch sizes and gammas). tau includes the bonus token.", ""]
+    for key, rows in summary["comparisons"].items():
+        if rows:
+            lines += [f"## {key}: model comparison (AICc on the natural scale of y)", "",
+                      "| form | AICc | dAICc | Akaike weight | R^2 |", "|---|---:|---:|---:|---:|"]
+            for r in rows:
+                if np.isfinite(r["aicc"]):
+                    lines.append(f"| {r['form']} | {r['aicc']:.2f} | {r['delta_aicc']:.2f} | "
+                                 f"{r['akaike_weight']:.2f} | {r['r2']:.4f} |")
+                else:  # AICc needs n > k + 2 (k counts the error variance)
+                    lines.append(f"| {r['form']} | n/a (too few points) | | | {r['r2']:.4f} |")
+            lines.append("")
+    lines += ["## Fitted laws", ""]
+    for key, res in fits.items():
+        lines += [f"### {key}", "", f"`{res.form.equation}` with x = {res.x}, y = `{res.y}`, n = {res.n}, "
+                  f"R^2 = {res.r2:.4f}, converged = {res.converged}", "",
+                  "| parameter | estimate | interval |", "|---|---:|---|"]
+        for k, v in res.params.items():
+            lo, hi = res.intervals.get(k, (float("nan"), float("nan")))
+            lines.append(f"| {k} | {v:.6g} | [{lo:.6g}, {hi:.6g}] |")
+        for axis, h in res.holdout.items():
+            if "mean_rel_error" in h:
+                lines.append(f"\nLeave-largest-out along `{axis}` (x{h['extrapolation_factor']:.2g} beyond the "
+                             f"training range): mean relative error {100 * h['mean_rel_error']:.2f}% on {h['n_heldout']} point(s).")
+        lines += [f"\n> warning: {w}" for w in res.warnings]
+        lines.append("")
+    if rec is not None:
+        lines += ["## Recommendation", "", rec.to_markdown().split("\n", 1)[1]]
+    if summary["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scylla-fit",
+        description="Fit Scylla's scaling laws (acceptance vs draft tokens and size, speedup vs batch size, "
+        "the drafts' Chinchilla loss law) with bootstrap intervals, and recommend a draft config with gamma "
+        "per serving batch size. Writes fits.json, report.md, recommendation.json/.md, draft/<name>.yaml "
+        "(usable as draft=<name>) and figures/*.png.",
+        epilog="Examples:\n  scylla-fit outputs/results --out outputs/fit\n"
+        "  scylla-fit 'multirun/**/*.parquet' --out outputs/fit --batch-sizes 1,8,32 --compute-budget 1e16\n"
+        "  make fit RESULTS=outputs/results OUT=outputs/fit\nSee docs/fitting.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", nargs="?", help="results folder, file or glob (.parquet/.csv/.jsonl/.json)")
+    p.add_argument("--out", default="outputs/fit", help="output folder (default: outputs/fit)")
+    p.add_argument("--wandb-project", help="load the results from this wandb project instead of files")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--batch-sizes", type=_floats, help="serving batch sizes, e.g. 1,8,32 (default: those measured)")
+    p.add_argument("--token-budgets", type=_floats, help="candidate draft token budgets (default: those measured)")
+    p.add_argument("--max-gamma", type=int, default=8, help="largest gamma considered (default 8)")
+    p.add_argument("--compute-budget", type=float, help="training-compute budget in FLOP: keep drafts with 6*N*D <= it")
+    p.add_argument("--task", action="append", help="only these task(s) (repeatable)")
+    p.add_argument("--full-grid", action="store_true", help="Chinchilla fit from the full 4,500-point start grid (slow)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n_bootstrap and args.n_bootstrap < 2:
+        print("error: --n-bootstrap must be 0 or >= 2 (use >= 1000 for reported intervals)", file=sys.stderr)
+        return 2
+    try:
+        table = load_table(args.results, args.wandb_project)
+        if args.task:
+            table = table[table["task"].isin(args.task)]
+            if table.empty:
+                raise FitError(f"no rows for task(s) {args.task}")
+        summaries = fit_results(
+            table, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, level=args.level,
+            batch_sizes=args.batch_sizes, token_budgets=args.token_budgets, max_gamma=args.max_gamma,
+            compute_budget=args.compute_budget, full_grid=args.full_grid, plots=not args.no_plots,
+        )
+    except (FitError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, s in summaries.items():
+        rec = s["recommendation"]
+        head = f"[{name}] {len(s['fits'])} laws fitted"
+        if rec:
+            gam = ", ".join(f"B={r['batch_size']:g}: gamma={r['gamma']} S={r['speedup']:.2f} "
+                            f"[{r['low']:.2f}, {r['high']:.2f}]" for r in rec["per_batch"])
+            head += f"; recommended {rec['name']} (P(best)={rec['p_best']:.2f}); {gam}"
+        print(head)
+    print(f"wrote {Path(args.out).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,434 @@
+"""One job of a sweep: config -> tokenizer -> target -> draft -> measurements -> one result record.
+
+`run_job` is what ``scylla-run`` calls for every Hydra job (any launcher) and what `scylla.demo`
+and the tests call in-process. The stages follow the data flow of DESIGN.md:
+
+1. skip the job when its record already exists (the key is a hash of the job's identity);
+2. the tokenizer shared by target and draft (trained once and cached, or bytes, or pretrained);
+3. the target: trained for ``target.tokens`` through the checkpoint cache, or loaded pretrained;
+4. the draft, by family (`register_draft_family`): ``llama`` is a separate model; ``mtp`` is one
+   multi-token-prediction model that drafts for itself (no separate target), trained for *all* of
+   ``draft.token_budgets`` in one branched run that concurrent jobs share;
+5. speculative against plain decoding on held-out prompts, per task and per batch size;
+6. the record, written atomically to the store *before* anything is sent to wandb.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from scylla.config import ConfigError, ScyllaConfig, config_hash, scrub_secrets, to_plain_dict, validate
+from scylla.results import SCHEMA_VERSION, ResultStore
+from scylla.tracking import Tracker, make_tracker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobOutcome", "JobContext", "PreparedModel", "DraftFamily", "run_job", "register_draft_family",
+           "DRAFT_BUILDERS",
+           "resolve_device", "resolve_threads", "available_cores"]
+
+TAU_DEFINITION = "1 + accepted/steps (bonus/correction token included; 1.00 for plain decoding)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runtime: device and threads
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is the GPU when one is present, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device: {device!r} asked for but no CUDA device is visible; use auto or cpu")
+    return device
+
+
+def resolve_threads(threads: Optional[int], launcher: Optional[dict[str, Any]] = None,
+                    sweep_jobs: Optional[int] = None) -> int:
+    """Torch threads for one job, so that jobs running at once do not oversubscribe the cores.
+
+    ``threads`` wins when set. Otherwise: joblib runs ``n_jobs`` at once (-1 = one per core);
+    submitit_local starts every job of the sweep at once; SLURM gives each task its
+    ``cpus_per_task`` (``$SLURM_CPUS_PER_TASK``); a single run or the basic launcher gets every core."""
+    if threads:
+        return int(threads)
+    cores = available_cores()
+    target = str((launcher or {}).get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n_jobs = (launcher or {}).get("n_jobs") or -1
+        concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+        if sweep_jobs:
+            concurrent = min(concurrent, sweep_jobs)
+    elif target.endswith("SlurmLauncher"):
+        slurm = os.environ.get("SLURM_CPUS_PER_TASK") or (launcher or {}).get("cpus_per_task")
+        return max(1, int(slurm)) if slurm else cores
+    elif target.endswith("LocalLauncher"):  # submitit_local: every job is its own process, all at once
+        cpus = (launcher or {}).get("cpus_per_task")
+        if cpus:
+            return max(1, int(cpus))
+        concurrent = sweep_jobs or 1
+    else:
+        concurrent = 1
+    return max(1, cores // max(1, concurrent))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class PreparedModel:
+    """A model ready for decoding plus what the record says about it."""
+
+    model: Any
+    info: dict[str, Any]
+    # Family-specific measurement (e.g. self-speculative MTP); None = scylla.measure.measure_speedup.
+    measure: Optional[Callable[..., Any]] = None
+
+
+@dataclass
+class JobContext:
+    """Everything the stages share; built once per job by `run_job`."""
+
+    cfg: ScyllaConfig
+    cache_dir: Path
+    device: str
+    threads: int
+    tracker: Tracker
+    progress: bool
+    tokenizer: Any = None
+    target: Optional[PreparedModel] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def train_config(self) -> Any:
+        return self.cfg.train.to_train_config(threads=self.threads)
+
+    def train(self, role: str, spec: Any, budgets: list[int], **kwargs: Any) -> dict[int, Path]:
+        """Train (or reuse) one model size at ``budgets`` through the locked checkpoint cache."""
+        from scylla.train import train_budgets
+
+        return train_budgets(
+            spec, list(self.cfg.data.corpora), self.tokenizer, budgets, self.train_config(), self.cache_dir,
+            progress=self.progress, corpus_options=dict(self.cfg.data.corpus_options) or None,
+            logger=lambda event: self.tracker.log_train(role, event), device=self.device, **kwargs,
+        )
+
+
+def _timed(ctx: JobContext, name: str):
+    class _Timer:
+        def __enter__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc: Any) -> None:
+            ctx.timings[f"{name}_seconds"] = time.perf_counter() - self.t0
+
+    return _Timer()
+
+
+def build_tokenizer(ctx: JobContext) -> Any:
+    from scylla.tokenizer import get_tokenizer
+
+    t = ctx.cfg.tokenizer
+    return get_tokenizer(t.kind, t.vocab_size, list(ctx.cfg.data.corpora), ctx.cache_dir,
+                         min_frequency=t.min_frequency, corpus_options=dict(ctx.cfg.data.corpus_options) or None)
+
+
+def _model_info(model: Any, provenance: Optional[dict[str, Any]], checkpoint: Optional[Path]) -> dict[str, Any]:
+    from scylla.models import count_parameters
+
+    counts = count_parameters(model)
+    prov = provenance or {}
+    return {
+        "params": counts["total"], "params_non_embedding": counts["non_embedding"],
+        "val_loss": prov.get("val_loss"), "tokens_seen": prov.get("tokens_seen"),
+        "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_created": prov.get("created"),
+        "corpus_manifest_hash": prov.get("corpus_manifest_hash"),
+    }
+
+
+def build_target(ctx: JobContext) -> PreparedModel:
+    from scylla.checkpoints import load_checkpoint
+    from scylla.models import load_causal_lm
+
+    t = ctx.cfg.target
+    if t.source == "pretrained":
+        model = load_causal_lm(str(t.path), device=ctx.device)
+        info = _model_info(model, None, None)
+        info.update(name=t.name, source="pretrained", path=t.path)
+        return PreparedModel(model, info)
+    spec = t.to_spec(ctx.tokenizer.vocab_size)
+    path = ctx.train("target", spec, [t.tokens])[t.tokens]
+    model, prov = load_checkpoint(path, device=ctx.device)
+    info = _model_info(model, prov, path)
+    info.update(name=t.name, source="preset", d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
+                ffn_dim=spec.ffn, tokens=t.tokens)
+    return PreparedModel(model, info)
+
+
+DraftBuilder = Callable[[JobContext], PreparedModel]
+
+
+@dataclass(frozen=True)
+class DraftFamily:
+    """How one ``draft.family`` is built. ``needs_target=False`` families (self-speculative MTP) set
+    ``ctx.target`` themselves: the model verifies its own drafts, so no separate target is trained."""
+
+    build: DraftBuilder
+    needs_target: bool = True
+
+
+DRAFT_BUILDERS: dict[str, DraftFamily] = {}
+
+
+def register_draft_family(family: str, builder: DraftBuilder, *, needs_target: bool = True) -> None:
+    """Add a draft family (``draft.family``): ``builder(ctx)`` trains or reuses the draft (``ctx.target``
+    is ready when ``needs_target``) and returns a `PreparedModel`, whose ``measure`` may replace
+    `scylla.measure.measure_speedup`."""
+    DRAFT_BUILDERS[family] = DraftFamily(builder, needs_target)
+
+
+def _llama_draft(ctx: JobContext) -> PreparedModel:
+    """A separate Llama draft, trained for every budget of its sweep in one branched run."""
+    from scylla.checkpoints import load_checkpoint
+
+    d = ctx.cfg.draft
+    spec = d.to_spec(ctx.tokenizer.vocab_size)
+    paths = ctx.train("draft", spec, d.budgets)  # the sweep's budgets: one shared branched run
+    model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
+    info = _model_info(model, prov, paths[d.tokens])
+    info.update(name=d.name, family="llama", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
+                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets)
+    return PreparedModel(model, info)
+
+
+def _mtp_draft(ctx: JobContext) -> PreparedModel:
+    """Multi-token prediction: one model with ``draft.k`` heads drafts for itself (Gloeckle et al.).
+
+    The MTP model is trained like a draft (its size and token budget are the swept axes), is also the
+    job's target, and its speedup is measured against its own plain (k = 1) decoding."""
+    from scylla.checkpoints import load_checkpoint
+    from scylla.mtp import mtp_factory, mtp_parameter_counts
+    from scylla.mtp_decode import measure_self_speculative
+
+    d = ctx.cfg.draft
+    k = int(d.k)
+    spec = d.to_spec(ctx.tokenizer.vocab_size)
+    paths = ctx.train("draft", spec, d.budgets, model_factory=mtp_factory(k))
+    model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
+    info = _model_info(model, prov, paths[d.tokens])
+    counts = mtp_parameter_counts(model)
+    info.update(name=d.name, family="mtp", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
+                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, k=k,
+                trunk_layers=counts["trunk_layers"], per_head_params=counts["per_head"])
+    ctx.target = PreparedModel(model, {**info, "source": "self (mtp)"})
+
+    def measure_fn(target: Any, draft: Any, prompts: Any, *, gamma: int, batch_size: int, max_new_tokens: int,
+                   temperature: float, seed: int, repeats: int) -> Any:
+        return measure_self_speculative(draft, prompts, k=k, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, seed=seed, repeats=repeats)
+
+    return PreparedModel(model, info, measure=measure_fn)
+
+
+register_draft_family("llama", _llama_draft)
+register_draft_family("mtp", _mtp_draft, needs_target=False)
+
+
+def draft_family(family: str) -> DraftFamily:
+    if family not in DRAFT_BUILDERS:
+        raise ConfigError(f"draft.family: no builder for {family!r}; available: {sorted(DRAFT_BUILDERS)} "
+                          "(add one with scylla.pipeline.register_draft_family)")
+    return DRAFT_BUILDERS[family]
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    return stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
+
+
+def measure(ctx: JobContext, draft: PreparedModel) -> list[dict[str, Any]]:
+    """Speculative vs plain decoding for every (task, batch size); each logged as it lands."""
+    from scylla.data import eval_prompts
+    from scylla.measure import measure_speedup
+
+    cfg = ctx.cfg
+    assert ctx.target is not None
+    measure_fn = draft.measure or measure_speedup
+    cells = [(task, b) for task in cfg.eval.tasks for b in cfg.decode.batch_sizes]
+    bar = None
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), desc=f"eval {cfg.draft.name}@{cfg.draft.tokens:,} g={cfg.decode.gamma}",
+                   unit="cell", dynamic_ncols=True, file=sys.stderr)
+    out: list[dict[str, Any]] = []
+    try:
+        for task in cfg.eval.tasks:
+            prompts = eval_prompts(task, ctx.tokenizer, cfg.eval.n_prompts, cfg.eval.prompt_tokens, seed=cfg.eval.seed)
+            for batch in cfg.decode.batch_sizes:
+                m = measure_fn(ctx.target.model, draft.model, prompts, gamma=cfg.decode.gamma, batch_size=batch,
+                               max_new_tokens=cfg.decode.max_new_tokens, temperature=cfg.decode.temperature,
+                               seed=cfg.seed, repeats=cfg.eval.repeats)
+                row = {
+                    "task": task, "batch_size": batch, "gamma": getattr(m, "gamma", cfg.decode.gamma),
+                    "temperature": cfg.decode.temperature, "n_prompts": len(prompts),
+                    "max_new_tokens": cfg.decode.max_new_tokens,
+                    "speculative": _stats_dict(m.speculative), "baseline": _stats_dict(m.baseline),
+                    "tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
+                    "speedup": m.speedup, "c": m.c, "draft_step_seconds": m.draft_step_seconds,
+                    "target_step_seconds": m.target_step_seconds, "verify_step_seconds": m.verify_step_seconds,
+                }
+                out.append(row)
+                ctx.tracker.log_measurement(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(task=task, B=batch, alpha=f"{m.speculative.alpha:.3f}",
+                                    speedup=f"{m.speedup:.2f}", refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("scylla", "torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "wandb", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _corpus_hash(ctx: JobContext, *infos: dict[str, Any]) -> Optional[str]:
+    for info in infos:
+        if info.get("corpus_manifest_hash"):
+            return info["corpus_manifest_hash"]
+    from scylla.checkpoints import hash_key
+    from scylla.data import load_corpus
+
+    opts = dict(ctx.cfg.data.corpus_options)
+    return hash_key([[n, load_corpus(n, **dict(opts.get(n, {}))).split_fingerprint] for n in ctx.cfg.data.corpora])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass
+class JobOutcome:
+    """What `run_job` did: ``done`` (record written) or ``skipped`` (record already there)."""
+
+    run_id: str
+    status: str
+    record_path: Path
+    seconds: float
+    record: Optional[dict[str, Any]] = None
+
+
+def _abs(path: str) -> Path:
+    """Relative to where scylla-run was started (Hydra's original cwd), whatever the launcher."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    try:
+        from hydra.utils import get_original_cwd
+
+        return Path(get_original_cwd()) / p
+    except ValueError:  # not inside a Hydra app
+        return p.resolve()
+
+
+def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]] = None,
+            sweep_jobs: Optional[int] = None, overrides: Optional[list[str]] = None,
+            tracker: Optional[Tracker] = None) -> JobOutcome:
+    """Run one job end to end and return its outcome (see the module docstring for the stages)."""
+    t_start = time.perf_counter()
+    job = validate(cfg)
+    device = resolve_device(job.runtime.device)
+    threads = resolve_threads(job.runtime.threads, launcher, sweep_jobs)
+    torch.set_num_threads(threads)
+    run_id = config_hash(job, device)
+    store = ResultStore(_abs(job.paths.results_dir))
+    if job.runtime.skip_existing and store.has(run_id):
+        log.debug("job %s: record exists at %s, skipped", run_id, store.path(run_id))
+        return JobOutcome(run_id, "skipped", store.path(run_id), time.perf_counter() - t_start)
+
+    with store.lock(run_id):  # the same job running elsewhere: wait for it, then skip
+        if job.runtime.skip_existing and store.has(run_id):
+            return JobOutcome(run_id, "skipped", store.path(run_id), time.perf_counter() - t_start)
+        plain = to_plain_dict(job)
+        d = job.draft
+        tracker = tracker or make_tracker(
+            job.logger, run_id=run_id, config=plain, group=job.logger.group or job.experiment,
+            name=f"{d.name}-{d.tokens:g}tok-g{job.decode.gamma}",
+            wandb_dir=str(_abs(job.logger.dir)) if job.logger.dir else None,
+        )
+        exit_code = 1
+        try:
+            ctx = JobContext(cfg=job, cache_dir=_abs(job.paths.cache_dir), device=device, threads=threads,
+                             tracker=tracker, progress=job.runtime.progress)
+            created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with _timed(ctx, "tokenizer"):
+                ctx.tokenizer = build_tokenizer(ctx)
+            family = draft_family(job.draft.family)
+            if family.needs_target:
+                with _timed(ctx, "target"):
+                    ctx.target = build_target(ctx)
+            with _timed(ctx, "draft"):
+                draft = family.build(ctx)
+            with _timed(ctx, "eval"):
+                measurements = measure(ctx, draft)
+            ctx.timings["total_seconds"] = time.perf_counter() - t_start
+            from scylla.checkpoints import code_version
+
+            record = {
+                "schema_version": SCHEMA_VERSION,
+                "run_id": run_id,
+                "created_at": created_at,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "config": plain,
+                "overrides": list(overrides or []),
+                "target": ctx.target.info,
+                "draft": draft.info,
+                "measurements": measurements,
+                "timings": ctx.timings,
+                "tau_definition": TAU_DEFINITION,
+                "provenance": {
+                    "code_version": code_version(),
+                    "corpus_manifest_hash": _corpus_hash(ctx, draft.info, ctx.target.info),
+                    "tokenizer_fingerprint": getattr(ctx.tokenizer, "fingerprint", None),
+                    "versions": _versions(),
+                    "device": device,
+                    "threads": threads,
+                    "host": platform.node(),
+                    "platform": platform.platform(),
+                    "launcher": str((launcher or {}).get("_target_", "basic")).rsplit(".", 1)[-1],
+                },
+            }
+            record = scrub_secrets(record)
+            path = store.write(record)  # the source of truth first; wandb is only the view
+            tracker.log_record(record)
+            exit_code = 0
+        finally:
+            tracker.finish(exit_code)
+    log.debug("job %s done in %.1fs: %s", run_id, time.perf_counter() - t_start, path)
+    return JobOutcome(run_id, "done", path, time.perf_counter() - t_start, record)

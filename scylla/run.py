@@ -1,0 +1,109 @@
+"""``scylla-run`` (also ``python -m scylla.run``): one Hydra job per call, or a sweep with ``-m``.
+
+    scylla-run                                       one job with the defaults of configs/config.yaml
+    scylla-run draft=draft-w128 decode.gamma=2       presets and overrides
+    scylla-run -m sweep=tokens|capacity|batch|grid   a sweep (hydra/launcher=joblib|local|slurm)
+
+Each job validates its config, runs `scylla.pipeline.run_job` and leaves ``scylla_job.json`` (run id,
+status, record path) in its Hydra output folder, which the sweep summary reads at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from scylla.config import ConfigError, config_dir
+from scylla.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_ENV
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"scylla-run: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "fix your config or inputs" (printed without a traceback), not bugs."""
+    from scylla.checkpoints import CheckpointError
+    from scylla.data import CorpusError
+    from scylla.tokenizer import TokenizerError
+    from scylla.train import TrainError
+
+    return (ConfigError, CorpusError, TokenizerError, TrainError, CheckpointError)
+
+
+def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
+    """The Hydra task function: one job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from scylla.pipeline import run_job
+
+    hc = HydraConfig.get()
+    launcher = OmegaConf.to_container(hc.launcher, resolve=True) if "launcher" in hc else None
+    sweep_jobs = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
+    overrides = list(hc.overrides.task)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        outcome = run_job(cfg, launcher=launcher, sweep_jobs=sweep_jobs, overrides=overrides)
+    except _user_errors() as err:  # a setting that cannot work: the message says which and how to fix it
+        _fail(f"{err}\n(job overrides: {' '.join(overrides) or 'none'})")
+        return None
+    out_dir = Path(hc.runtime.output_dir)
+    info = {"run_id": outcome.run_id, "status": outcome.status, "record": str(outcome.record_path),
+            "seconds": round(outcome.seconds, 2), "overrides": overrides}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / JOB_FILE).write_text(json.dumps(info, indent=1))
+    prefix = f"[scylla] job {hc.job.num}" if multirun else "[scylla] job"
+    line = f"{prefix} {outcome.status}: {outcome.run_id} ({outcome.seconds:.1f}s) -> {outcome.record_path}"
+    print(line, flush=True)
+    if not multirun and outcome.record is not None:
+        print(_job_table(outcome.record), flush=True)
+    if multirun:  # the sweep's progress, whichever process or node this job ran in
+        from tqdm import tqdm
+
+        finished = len(list(Path(hc.sweep.dir).glob(f"*/{JOB_FILE}")))
+        start = float(os.environ.get(SWEEP_START_ENV, "0")) or None
+        elapsed = time.time() - start if start else 0.0
+        print("[scylla] " + tqdm.format_meter(finished, sweep_jobs, elapsed, prefix="sweep", unit="job",
+                                              ncols=100), flush=True)
+    return info
+
+
+def _job_table(record: dict[str, Any]) -> str:
+    """One line per (task, batch size) of a finished single job."""
+    from scylla.results import record_rows
+
+    rows = record_rows(record)
+    lines = [f"  {'task':12} {'batch':>5} {'alpha':>6} {'tau':>5} {'speedup':>7} {'c':>5}"]
+    for r in rows:
+        lines.append(f"  {r['task']:12} {r['batch_size']:>5} {r['alpha']:6.3f} {r['tau']:5.2f} {r['speedup']:7.2f} "
+                     f"{r['c']:5.2f}")
+    lines.append("  (tau = 1 + accepted/steps, bonus token included; speedup = wall-clock over plain decoding)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Entry point of ``scylla-run``: Hydra composes, validates and launches; user errors exit 2."""
+    import hydra
+
+    try:
+        path = config_dir()
+    except ConfigError as err:
+        _fail(str(err))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app = hydra.main(config_path=str(path), config_name="config", version_base="1.3")(_task)
+    app()
+
+
+if __name__ == "__main__":
+    main()

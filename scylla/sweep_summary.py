@@ -1,0 +1,168 @@
+"""Sweep-level machinery (a Hydra callback): every job validated before any starts, progress, and
+the one-screen summary at the end.
+
+``on_multirun_start`` composes every job of the sweep and runs Scylla's range checks on it, so a bad
+value in job 7 of a SLURM array stops the sweep at submission with one clear message instead of
+failing on a node an hour later; it also counts the jobs, so each job can print "k/N finished" and
+size its torch threads under launchers that run every job at once. ``on_multirun_end`` reads the
+``scylla_job.json`` files the jobs left and prints one line per job (done / skipped / failed) with
+acceptance and speedup, and where the records are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SweepSummary", "sweep_jobs", "count_jobs", "validate_jobs", "summarize", "format_summary"]
+
+JOB_FILE = "scylla_job.json"
+SWEEP_JOBS_ENV = "SCYLLA_SWEEP_JOBS"
+SWEEP_START_ENV = "SCYLLA_SWEEP_START"
+MAX_LINES = 40
+
+
+def sweep_jobs(config: DictConfig) -> Optional[list[list[str]]]:
+    """The override lists of every job the basic sweeper will launch, in order (None for other
+    sweepers). Uses the sweeper's own expansion, so command-line values replace preset ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def count_jobs(config: DictConfig) -> Optional[int]:
+    """Number of jobs the basic sweeper will launch (None for other sweepers)."""
+    jobs = sweep_jobs(config)
+    return None if jobs is None else len(jobs)
+
+
+def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
+    """Compose every job and run Scylla's checks; raise `ConfigError` naming the first bad job."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scylla.config import ConfigError, validate
+
+    loader = GlobalHydra.instance().config_loader()
+    for overrides in jobs:
+        cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"sweep job [{' '.join(overrides)}] is invalid; nothing was launched.\n{err}") from None
+
+
+def summarize(sweep_dir: str | Path, total: Optional[int] = None) -> dict[str, Any]:
+    """Jobs of a sweep folder with their status and headline metrics."""
+    from scylla.results import ResultsError, read_record, record_rows
+
+    jobs = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        info = json.loads(path.read_text())
+        info["num"] = path.parent.name
+        try:
+            rows = record_rows(read_record(info["record"]))
+        except (OSError, ResultsError, KeyError):
+            rows = []
+        info["rows"] = rows
+        jobs.append(info)
+    done = sum(j["status"] == "done" for j in jobs)
+    skipped = sum(j["status"] == "skipped" for j in jobs)
+    missing = (total - len(jobs)) if total is not None else 0
+    return {"jobs": jobs, "done": done, "skipped": skipped, "failed": max(0, missing), "total": total}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_summary(summary: dict[str, Any], results_dir: str | Path) -> str:
+    """The one-screen table: one line per job, mean over tasks, speedup per batch size."""
+    jobs = summary["jobs"]
+    batches = sorted({r["batch_size"] for j in jobs for r in j["rows"]})
+    width = max([5] + [len(str(j["rows"][0]["draft_name"])) for j in jobs if j["rows"]])
+    head = f"{'job':>4} {'status':8} {'draft':{width}} {'params':>10} {'tokens':>10} {'g':>2} {'alpha':>6} {'tau':>5}"
+    head += "".join(f" {'S@' + str(b):>6}" for b in batches)
+    lines = ["", "=" * len(head), "Scylla sweep summary (tau includes the bonus token; S = wall-clock speedup, "
+             "mean over tasks)", head, "-" * len(head)]
+    for j in jobs[:MAX_LINES]:
+        rows = j["rows"]
+        if not rows:
+            lines.append(f"{j['num']:>4} {j['status']:8} (record unreadable: {j['record']})")
+            continue
+        r0 = rows[0]
+
+        def mean(col: str, rs: list[dict[str, Any]]) -> float:
+            vals = [r[col] for r in rs if r.get(col) is not None and not (isinstance(r[col], float) and math.isnan(r[col]))]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        line = (f"{j['num']:>4} {j['status']:8} {str(r0['draft_name']):{width}} {_fmt(r0['draft_params'], ',d'):>10} "
+                f"{_fmt(r0['draft_tokens'], ',d'):>10} {r0['gamma']:>2} {mean('alpha', rows):6.3f} {mean('tau', rows):5.2f}")
+        for b in batches:
+            line += f" {mean('speedup', [r for r in rows if r['batch_size'] == b]):6.2f}"
+        lines.append(line)
+    if len(jobs) > MAX_LINES:
+        lines.append(f"... {len(jobs) - MAX_LINES} more jobs (see the records)")
+    total = summary["total"] if summary["total"] is not None else len(jobs)
+    lines.append("-" * len(head))
+    lines.append(f"{total} jobs: {summary['done']} run, {summary['skipped']} skipped (record existed), "
+                 f"{summary['failed']} failed or missing (re-run the same command to redo them)")
+    lines.append(f"records: {results_dir}   ->   scylla.results.load({str(results_dir)!r})")
+    lines.append("=" * len(head))
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Registered in configs/config.yaml under ``hydra.callbacks``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            jobs = sweep_jobs(config)
+        except Exception as err:  # noqa: BLE001 - the sweeper itself reports unparsable overrides
+            log.debug("could not expand the sweep: %s", err)
+            jobs = None
+        if jobs:
+            from scylla.config import ConfigError
+
+            try:
+                validate_jobs(config, jobs)
+            except ConfigError as err:
+                # Hydra turns callback exceptions into warnings; a bad sweep must not launch at all.
+                print(f"scylla-run: error: {err}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+        n = len(jobs) if jobs else None
+        os.environ[SWEEP_START_ENV] = str(time.time())  # inherited by joblib / submitit worker processes
+        if n:
+            os.environ[SWEEP_JOBS_ENV] = str(n)
+            print(f"[scylla] sweep of {n} jobs -> {config.hydra.sweep.dir}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from scylla.pipeline import _abs
+
+        total = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
+        results_dir = _abs(str(OmegaConf.select(config, "paths.results_dir")))
+        try:
+            print(format_summary(summarize(config.hydra.sweep.dir, total), results_dir), flush=True)
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not print the sweep summary: %s", err)
+        os.environ.pop(SWEEP_JOBS_ENV, None)
+        os.environ.pop(SWEEP_START_ENV, None)

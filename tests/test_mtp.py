@@ -1,0 +1,341 @@
+"""Multi-token prediction: model, loss, cache paths, save/load, training, self-speculative decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scylla.measure import SpeedupMeasurement
+from scylla.models import ModelSpec, build_llama, count_parameters
+from scylla.mtp import (MTPConfig, MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream,
+                        train_on_stream, trunk_layers_for)
+from scylla.mtp_decode import measure_self_speculative, self_speculative_generate
+
+VOCAB = 32
+SPEC = ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=VOCAB, tie_embeddings=False, max_seq_len=256)
+N_FUTURE = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stream() -> torch.Tensor:
+    return synthetic_stream(20_000, VOCAB, determinism=0.85, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(stream) -> tuple[MTPForCausalLM, list[float]]:
+    """A briefly trained 4-head model (~3 s): accepts some of its heads' guesses, not all."""
+    torch.set_num_threads(1)
+    model = build_mtp(SPEC, N_FUTURE, seed=0)
+    losses = train_on_stream(model, stream, steps=150, seq_len=32, batch_size=8, seed=0)
+    return model, losses
+
+
+@pytest.fixture(scope="module")
+def prompts(stream) -> list[list[int]]:
+    """Eight prompts of ragged lengths (3..17) cut from the training language."""
+    return [stream[1000 * i : 1000 * i + 3 + 2 * i].tolist() for i in range(8)]
+
+
+def naive_greedy(model: torch.nn.Module, prompt: list[int], n: int, eos: int | None = None) -> list[int]:
+    """Reference: full forward over the whole sequence per token, no cache, no batching."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt):]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+
+
+def test_depth_convention_and_parameter_counts():
+    spec = ModelSpec(d_model=32, n_layers=4, n_heads=4, vocab_size=VOCAB, tie_embeddings=False)
+    llama = count_parameters(build_llama(spec))
+    one = build_mtp(spec, 1)
+    assert one.n_trunk == 3 and count_parameters(one) == llama  # n_future=1 is the spec's Llama
+    matched = build_mtp(spec, 3, parameter_matched=True)
+    assert matched.n_trunk == 1 and count_parameters(matched) == llama
+    wide = build_mtp(spec, 3)
+    counts = mtp_parameter_counts(wide)
+    assert wide.n_trunk == 3 and counts["trunk_layers"] == 3 and counts["n_future"] == 3
+    assert counts["total"] - llama["total"] == 2 * counts["per_head"]
+    assert counts["non_embedding"] == counts["trunk_non_embedding"] + 3 * counts["per_head"] + 32  # + final norm
+    assert counts["total"] - counts["non_embedding"] == 2 * VOCAB * 32  # untied embedding + unembedding
+    tied = build_mtp(ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=VOCAB), 2)
+    assert tied.lm_head.weight is tied.embed_tokens.weight
+    assert count_parameters(tied)["total"] - count_parameters(tied)["non_embedding"] == VOCAB * 32
+
+
+def test_bad_model_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="n_future must be an integer >= 1"):
+        build_mtp(SPEC, 0)
+    with pytest.raises(ValueError, match="parameter_matched needs spec.n_layers >= n_future"):
+        build_mtp(SPEC, 3, parameter_matched=True)
+    assert trunk_layers_for(SPEC, 2, parameter_matched=True) == 0
+    with pytest.raises(Exception, match="n_future"):
+        MTPConfig(hidden_size=32, num_attention_heads=4, n_future=0)
+
+
+def test_one_head_model_is_exactly_a_llama():
+    """Same weights in a plain Llama give the same logits: the trunk + head-1 path is a causal LM."""
+    spec = ModelSpec(d_model=32, n_layers=3, n_heads=4, vocab_size=VOCAB, tie_embeddings=False)
+    mtp = build_mtp(spec, 1, seed=1, init_std=0.5)
+    llama = build_llama(spec, seed=2)
+    mapped = {"model.embed_tokens.weight": mtp.embed_tokens.weight, "model.norm.weight": mtp.norm.weight,
+              "lm_head.weight": mtp.lm_head.weight}
+    for name, p in mtp.named_parameters():
+        if name.startswith("layers."):
+            mapped["model." + name] = p
+        elif name.startswith("heads.0."):
+            mapped["model.layers.2." + name[len("heads.0."):]] = p
+    assert set(mapped) == set(llama.state_dict())
+    llama.load_state_dict(mapped)
+    x = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(mtp(input_ids=x).logits, llama(input_ids=x).logits)
+
+
+def test_loss_is_sum_of_shifted_head_cross_entropies():
+    model = build_mtp(SPEC, 3, init_std=0.5)
+    x = torch.randint(0, VOCAB, (2, 10))
+    labels = x.clone()
+    labels[1, 7:] = -100
+    out = model(input_ids=x, labels=labels)
+    assert out.logits.shape == (2, 10, VOCAB) and len(out.head_logits) == 3
+    for i, logits in enumerate(out.head_logits, start=1):
+        manual = torch.nn.functional.cross_entropy(logits[:, :-i].reshape(-1, VOCAB), labels[:, i:].reshape(-1),
+                                                   ignore_index=-100)
+        torch.testing.assert_close(out.head_losses[i - 1], manual)
+    torch.testing.assert_close(out.loss, out.head_losses.sum())
+    torch.testing.assert_close(out.next_token_loss, out.head_losses[0])
+    # A sequence too short for the far heads still trains head 1 (no NaN).
+    short = model(input_ids=x[:, :2], labels=x[:, :2])
+    assert torch.isfinite(short.loss) and float(short.head_losses[2].detach()) == 0.0
+
+
+def test_fused_heads_match_per_head_layers_with_cache_and_padding():
+    """The decoding path (k heads as one batched layer, fused cache) equals the per-head layers."""
+    model = build_mtp(ModelSpec(d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=VOCAB,
+                                tie_embeddings=False), 3, init_std=0.5)
+    from transformers import DynamicCache
+
+    x = torch.randint(0, VOCAB, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0  # left padding on row 1
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        ref = model(input_ids=x, attention_mask=mask, position_ids=pos, return_head_logits=True).head_logits
+        fused, cache = model.fused_heads(3), DynamicCache()
+        a = model.fused_head_states(x[:, :6], mask[:, :6], pos[:, :6], cache, fused)
+        b = model.fused_head_states(x[:, 6:], mask, pos[:, 6:], cache, fused)
+        states = torch.cat([a, b], dim=2)
+        assert len(cache.layers) == model.n_trunk + 1 and cache.layers[-1].keys.shape[1] == 3 * 2
+        for i in range(3):
+            torch.testing.assert_close(model.lm_head(states[i])[mask.bool()], ref[i][mask.bool()],
+                                       atol=1e-4, rtol=1e-4)
+        # The per-head cached path (HF layout: one cache layer per head) agrees too.
+        cache = DynamicCache()
+        o1 = model(input_ids=x[:, :6], attention_mask=mask[:, :6], position_ids=pos[:, :6], past_key_values=cache,
+                   use_cache=True, return_head_logits=True)
+        o2 = model(input_ids=x[:, 6:], attention_mask=mask, position_ids=pos[:, 6:], past_key_values=cache,
+                   use_cache=True, return_head_logits=True)
+        assert len(cache.layers) == model.n_trunk + 3
+        torch.testing.assert_close(torch.cat([o1.head_logits[2], o2.head_logits[2]], 1)[mask.bool()],
+                                   ref[2][mask.bool()], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="n_future=3"):
+        model.fused_heads(4)
+
+
+def test_save_load_round_trip(tmp_path, trained, prompts):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = trained
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
+    loaded = MTPForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.n_future == N_FUTURE and loaded.n_trunk == model.n_trunk
+    sd, ld = model.state_dict(), loaded.state_dict()
+    assert sd.keys() == ld.keys() and all(torch.equal(sd[k], ld[k]) for k in sd)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), MTPForCausalLM)
+    a = self_speculative_generate(model, prompts[:3], k=3, max_new_tokens=12)
+    b = self_speculative_generate(loaded.eval(), prompts[:3], k=3, max_new_tokens=12)
+    assert a.sequences == b.sequences
+
+
+def test_training_reduces_every_head_loss(trained, stream):
+    model, losses = trained
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5
+    fresh = build_mtp(SPEC, N_FUTURE, seed=0)
+    x = stream[-16 * 32:].view(16, 32)  # windows the loop saw rarely, if at all
+    with torch.no_grad():
+        before, after = fresh(input_ids=x, labels=x).head_losses, model(input_ids=x, labels=x).head_losses
+    assert bool((after < before).all())
+
+
+def test_hf_generate_is_plain_greedy(trained, prompts):
+    model, _ = trained
+    ids = torch.tensor([prompts[2]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                         pad_token_id=0)
+    assert out[0, ids.shape[1]:].tolist() == naive_greedy(model, prompts[2], 10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Self-speculative decoding
+
+
+@pytest.mark.parametrize("batch_size,merged", [(1, True), (8, True), (1, False), (8, False)])
+def test_greedy_output_identical_to_plain_greedy(trained, prompts, batch_size, merged, monkeypatch):
+    """Every k, batch sizes 1 and 8, ragged prompts; with the one-matmul unembedding and without."""
+    import scylla.mtp_decode
+
+    if not merged:
+        monkeypatch.setattr(scylla.mtp_decode, "_MERGE_UNEMBED_MACS", -1)
+    model, _ = trained
+    n_new = 24
+    reference = [naive_greedy(model, p, n_new) for p in prompts]
+    plain = self_speculative_generate(model, prompts, k=1, max_new_tokens=n_new, batch_size=batch_size)
+    assert plain.sequences == reference
+    for k in range(2, N_FUTURE + 1):
+        out = self_speculative_generate(model, prompts, k=k, max_new_tokens=n_new, batch_size=batch_size)
+        assert out.sequences == reference, f"k={k}"
+
+
+def test_k1_takes_exactly_one_forward_per_token(trained, prompts):
+    model, _ = trained
+    out = self_speculative_generate(model, prompts[:1], k=1, max_new_tokens=17, batch_size=1)
+    s = out.stats
+    assert s.generated_tokens == 17 and s.target_forwards == 17  # prefill emits the first token
+    assert (s.steps, s.drafted, s.accepted, s.tau, s.draft_forwards) == (16, 0, 0, 1.0, 0)
+
+
+def test_counters_consistent_with_tokens_per_forward(trained, prompts):
+    model, _ = trained
+    n_new = 30
+    out = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=n_new, batch_size=8)
+    s = out.stats
+    assert 0 < s.accepted < s.drafted, "the fixture must accept some guesses and reject others"
+    assert s.tau == pytest.approx(1 + s.accepted / s.steps)
+    assert s.generated_tokens == len(prompts) * n_new == len(prompts) + s.steps + s.accepted  # no EOS
+    assert sum(s.accepted_per_position) == s.accepted
+    assert all(a <= r for a, r in zip(s.accepted_per_position, s.reached_per_position))
+    # Chain acceptance: head j+1 is reached only when head j was accepted (and the row's budget
+    # still allows a guess there, which near max_new_tokens it may not).
+    assert all(r <= a for r, a in zip(s.reached_per_position[1:], s.accepted_per_position[:-1]))
+    assert s.reached_per_position[0] > 0
+    assert s.accepted_per_position == sorted(s.accepted_per_position, reverse=True)
+    assert s.gamma == N_FUTURE - 1 and s.draft_forwards == 0 and s.draft_seconds == 0
+    assert s.verify_forwards == s.target_forwards - 1 <= max(s.prompt_steps)
+    for i in range(len(prompts)):
+        assert s.prompt_generated[i] == 1 + s.prompt_steps[i] + s.prompt_accepted[i]
+    # Per-prompt tokens per forward: fewer forwards than tokens when guesses are accepted.
+    assert s.tau > 1.2 and s.steps < len(prompts) * (n_new - 1)
+    # Same counters whether rows share a batch or not (acceptance does not depend on batching).
+    single = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=n_new, batch_size=1).stats
+    assert (single.accepted, single.drafted, single.steps) == (s.accepted, s.drafted, s.steps)
+
+
+def test_eos_and_short_budgets_stop_rows_independently(trained, prompts):
+    model, _ = trained
+    plain = [naive_greedy(model, p, 20) for p in prompts]
+    eos = plain[0][5]  # a token the first row emits, so at least one row stops early
+    reference = [naive_greedy(model, p, 20, eos=eos) for p in prompts]
+    assert any(len(r) < 20 for r in reference)
+    out = self_speculative_generate(model, prompts, k=3, max_new_tokens=20, batch_size=8, eos_token_id=eos)
+    assert out.sequences == reference
+    s = out.stats
+    assert s.tau == pytest.approx(1 + s.accepted / s.steps)
+    assert s.generated_tokens == sum(len(r) for r in reference)
+    # max_new_tokens smaller than k: rows never emit more than asked.
+    tiny = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=2, batch_size=8)
+    assert tiny.sequences == [r[:2] for r in plain] and tiny.stats.generated_tokens == 16
+
+
+def test_sampling_is_lossless_and_seeded(trained, prompts):
+    """The second token's distribution (drafted by head 2, verified by head 1) is head 1's exactly."""
+    model, _ = trained
+    prompt = prompts[3]
+    temperature = 1.0
+    with torch.no_grad():
+        p1 = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1] / temperature, -1)
+        seqs = torch.tensor([prompt + [t] for t in range(VOCAB)])
+        p2_given = torch.softmax(model(input_ids=seqs).logits[:, -1] / temperature, -1)
+        exact = p1 @ p2_given  # p(x2) = sum_x1 p(x1) p(x2 | x1)
+        q2 = torch.softmax(model(input_ids=torch.tensor([prompt]), return_head_logits=True).head_logits[1][0, -1], -1)
+    n = 3000
+    # Three tokens: the second is head 2's guess, verified (the third only exists so a guess is offered).
+    out = self_speculative_generate(model, [prompt] * n, k=N_FUTURE, max_new_tokens=3, temperature=temperature,
+                                    seed=0)
+    assert out.stats.accepted > 0.1 * n  # the draft path is exercised
+    second = torch.bincount(torch.tensor([s[1] for s in out.sequences]), minlength=VOCAB).float() / n
+    tv = 0.5 * float((second - exact).abs().sum())
+    assert tv < 0.06, f"total variation {tv:.3f} from head 1's distribution"
+    # The test has power: trusting head 2 blindly would be far off.
+    assert 0.5 * float((q2 - exact).abs().sum()) > 0.12
+    again = self_speculative_generate(model, [prompt] * 20, k=3, max_new_tokens=8, temperature=0.8, seed=5)
+    same = self_speculative_generate(model, [prompt] * 20, k=3, max_new_tokens=8, temperature=0.8, seed=5)
+    assert again.sequences == same.sequences
+
+
+def test_bad_decoding_inputs_raise_clear_errors(trained, prompts):
+    model, _ = trained
+    with pytest.raises(ValueError, match=r"k=5 exceeds the model's n_future=4"):
+        self_speculative_generate(model, prompts, k=5, max_new_tokens=4)
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        self_speculative_generate(model, prompts, k=0, max_new_tokens=4)
+    with pytest.raises(TypeError, match="MTPForCausalLM"):
+        self_speculative_generate(build_llama(SPEC), prompts, k=1, max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        self_speculative_generate(model, [[]], k=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        self_speculative_generate(model, [[1] * 250], k=4, max_new_tokens=10)
+
+
+def test_measurement_has_the_engine_record_schema(trained, prompts):
+    model, _ = trained
+    m = measure_self_speculative(model, prompts, k=3, batch_size=4, max_new_tokens=10)
+    d = m.to_dict()
+    base = SpeedupMeasurement(gamma=2, batch_size=4, speculative=m.speculative, baseline=m.baseline,
+                              speculative_tps=1.0, baseline_tps=1.0).to_dict()
+    assert set(base) <= set(d) and {"k", "n_future", "draft_family"} <= set(d)
+    assert d["c"] == 0.0 and d["draft_step_seconds"] == 0.0 and d["k"] == 3 and d["gamma"] == 2
+    assert d["speedup"] == pytest.approx(d["tokens_per_second"] / d["baseline_tokens_per_second"])
+    assert m.baseline.tau == 1.0 and d["tau"] == pytest.approx(m.speculative.tau)
+    assert d["target_step_seconds"] > 0 and d["verify_step_seconds"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Through the project's training loop
+
+
+def test_train_budgets_trains_and_reloads_an_mtp_model(tmp_path):
+    from scylla.checkpoints import load_checkpoint, read_provenance
+    from scylla.tokenizer import ByteTokenizer
+    from scylla.train import TrainConfig, train_budgets
+
+    tok = ByteTokenizer()
+    spec = ModelSpec(d_model=32, n_layers=2, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=64)
+    cfg = TrainConfig(seq_len=32, batch_size=4, lr=3e-3, warmup_steps=2, eval_tokens=256, save_every_seconds=1e9)
+    paths = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path, corpus_options={"shakespeare":
+                          {"max_docs": 24}}, progress=False, model_factory=mtp_factory(3))
+    model, prov = load_checkpoint(paths[1024])
+    assert isinstance(model, MTPForCausalLM) and model.n_future == 3
+    assert prov["tokens_seen"] == 1024 and "build_mtp" in prov["model_factory"]
+    assert prov["parameters"] == count_parameters(model)
+    out = self_speculative_generate(model, [[65, 66, 67]], k=3, max_new_tokens=6)
+    assert len(out.sequences[0]) == 6
+    # A different head count never shares the cache entry.
+    other = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path, corpus_options={"shakespeare":
+                          {"max_docs": 24}}, progress=False, model_factory=mtp_factory(2))
+    assert other[1024] != paths[1024] and read_provenance(other[1024])["run_key"] != prov["run_key"]
