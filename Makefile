@@ -48,8 +48,14 @@ sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multir
 fit: $(STAMP) ## Fit the laws on a results folder: make fit RESULTS=outputs/results
 	$(VENV)/bin/scylla-fit $(or $(RESULTS),outputs/results) --out $(or $(OUT),outputs/fit)
 
-study: $(STAMP) ## The full reference study (about 2 h of CPU, resumable)
+study: $(STAMP) ## The reference study into experiments/reference (about 1.5-2 h of CPU, resumable)
 	$(PY) -m scylla.study
+
+notebook: $(STAMP) ## Execute notebooks/analysis.ipynb headless on RESULTS (default outputs/results)
+	mkdir -p outputs/notebook
+	SCYLLA_RESULTS_PATH=$(or $(RESULTS),outputs/results) SCYLLA_NOTEBOOK_OUT=outputs/notebook \
+		$(VENV)/bin/jupyter execute notebooks/analysis.ipynb --output ../outputs/notebook/analysis-executed
+	@echo "executed notebook: outputs/notebook/analysis-executed.ipynb"
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache wandb

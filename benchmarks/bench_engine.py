@@ -81,8 +81,13 @@ def main() -> None:
 
     # 2. measured speedup against Leviathan's prediction from measured alpha and c.
     m1 = measure_speedup(target, draft, few, gamma=GAMMA, batch_size=1, max_new_tokens=MAX_NEW, repeats=3)
-    pred = leviathan_speedup(m1.speculative.alpha, GAMMA, m1.c)
-    print(f"[2] @B=1: alpha {m1.speculative.alpha:.3f}, tau {m1.speculative.tau:.2f}, c {m1.c:.3f}, "
+    # Leviathan's formula takes the per-token acceptance probability of an i.i.d. chain: accepted over
+    # the draft positions the target judged (alpha = accepted/drafted also counts positions after a
+    # rejection, which understates it for gamma > 1).
+    s1 = m1.speculative
+    alpha_token = sum(s1.accepted_per_position) / max(sum(s1.reached_per_position), 1)
+    pred = leviathan_speedup(alpha_token, GAMMA, m1.c)
+    print(f"[2] @B=1: alpha {s1.alpha:.3f}, per-token alpha {alpha_token:.3f}, tau {s1.tau:.2f}, c {m1.c:.3f}, "
           f"measured speedup {m1.speedup:.2f}, Leviathan prediction {pred:.2f}, ratio {m1.speedup / pred:.2f} "
           f"(goal >= 0.85); verify step / plain step {m1.verify_step_seconds / m1.target_step_seconds:.2f}")
 

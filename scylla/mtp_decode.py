@@ -38,7 +38,8 @@ from .engine import DecodeStats, SpeculativeOutput, _CachedLM, _pick, _probs, _s
 from .measure import SpeedupMeasurement
 from .mtp import FusedHeads, MTPForCausalLM
 
-__all__ = ["self_speculative_generate", "measure_self_speculative", "SelfSpeculativeMeasurement"]
+__all__ = ["self_speculative_generate", "measure_self_speculative", "measure_self_speculative_ks",
+           "SelfSpeculativeMeasurement"]
 
 
 class _CachedMTP(_CachedLM):
@@ -348,7 +349,36 @@ def measure_self_speculative(
     head 1 only). Repeats are interleaved (plain, k heads, plain, ...) and summarised by the median
     tokens/s, so drifting machine load hits both sides alike; counters come from the last repeat.
     """
-    _check_model(model, k)
+    return measure_self_speculative_ks(model, prompts, ks=[k], batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, eos_token_id=eos_token_id, seed=seed,
+                                       repeats=repeats, warmup=warmup)[0]
+
+
+def measure_self_speculative_ks(
+    model: MTPForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    *,
+    ks: Sequence[int],
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_token_id: int | None = None,
+    seed: int = 0,
+    repeats: int = 1,
+    warmup: bool = True,
+) -> list[SelfSpeculativeMeasurement]:
+    """`measure_self_speculative` for several head counts at once: one measurement per k in ``ks``.
+
+    Every k shares one plain (k = 1) baseline: each repeat decodes plainly, then with every k in turn
+    (interleaved, so drifting load hits all of them alike), and each k's speedup is the median of its
+    tokens/s over the median plain tokens/s. This is how a pipeline job with a ``k``-head model reports
+    tokens per forward against k' = 2..k without measuring the baseline k - 1 times.
+    """
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks must list at least one head count")
+    for k in ks:
+        _check_model(model, k)
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
@@ -357,18 +387,21 @@ def measure_self_speculative(
         few = list(prompts[: min(len(prompts), batch_size)])
         short = {**kwargs, "max_new_tokens": min(8, max_new_tokens)}
         self_speculative_generate(model, few, k=1, **short)
-        self_speculative_generate(model, few, k=k, **short)
+        for k in ks:
+            self_speculative_generate(model, few, k=k, **short)
     base_tps: list[float] = []
-    spec_tps: list[float] = []
-    base = spec = None
+    spec_tps: dict[int, list[float]] = {k: [] for k in ks}
+    base = None
+    spec: dict[int, DecodeStats] = {}
     for _ in range(repeats):
         base = self_speculative_generate(model, prompts, k=1, **kwargs).stats
-        spec = self_speculative_generate(model, prompts, k=k, **kwargs).stats
         base_tps.append(base.tokens_per_second)
-        spec_tps.append(spec.tokens_per_second)
-    assert base is not None and spec is not None
-    return SelfSpeculativeMeasurement(
-        gamma=k - 1, batch_size=batch_size, speculative=spec, baseline=base,
-        speculative_tps=statistics.median(spec_tps), baseline_tps=statistics.median(base_tps),
+        for k in ks:
+            spec[k] = self_speculative_generate(model, prompts, k=k, **kwargs).stats
+            spec_tps[k].append(spec[k].tokens_per_second)
+    assert base is not None
+    return [SelfSpeculativeMeasurement(
+        gamma=k - 1, batch_size=batch_size, speculative=spec[k], baseline=base,
+        speculative_tps=statistics.median(spec_tps[k]), baseline_tps=statistics.median(base_tps),
         k=k, n_future=model.n_future,
-    )
+    ) for k in ks]

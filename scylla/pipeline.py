@@ -9,7 +9,8 @@ and the tests call in-process. The stages follow the data flow of DESIGN.md:
 4. the draft, by family (`register_draft_family`): ``llama`` is a separate model; ``mtp`` is one
    multi-token-prediction model that drafts for itself (no separate target), trained for *all* of
    ``draft.token_budgets`` in one branched run that concurrent jobs share;
-5. speculative against plain decoding on held-out prompts, per task and per batch size;
+5. speculative against plain decoding on held-out prompts, per task and per batch size (and, for
+   ``mtp``, per number of heads k' = 2..k: one row each, ``gamma = k' - 1``);
 6. the record, written atomically to the store *before* anything is sent to wandb.
 """
 
@@ -34,7 +35,7 @@ from scylla.tracking import Tracker, make_tracker
 log = logging.getLogger(__name__)
 
 __all__ = ["JobOutcome", "JobContext", "PreparedModel", "DraftFamily", "run_job", "register_draft_family",
-           "DRAFT_BUILDERS",
+           "DRAFT_BUILDERS", "mtp_measure_fn",
            "resolve_device", "resolve_threads", "available_cores"]
 
 TAU_DEFINITION = "1 + accepted/steps (bonus/correction token included; 1.00 for plain decoding)"
@@ -222,10 +223,10 @@ def _mtp_draft(ctx: JobContext) -> PreparedModel:
     """Multi-token prediction: one model with ``draft.k`` heads drafts for itself (Gloeckle et al.).
 
     The MTP model is trained like a draft (its size and token budget are the swept axes), is also the
-    job's target, and its speedup is measured against its own plain (k = 1) decoding."""
+    job's target, and its speedup is measured against its own plain (k = 1) decoding, for every number
+    of heads k' = 2..k inside the job (`mtp_measure_fn`), like batch sizes."""
     from scylla.checkpoints import load_checkpoint
     from scylla.mtp import mtp_factory, mtp_parameter_counts
-    from scylla.mtp_decode import measure_self_speculative
 
     d = ctx.cfg.draft
     k = int(d.k)
@@ -239,12 +240,21 @@ def _mtp_draft(ctx: JobContext) -> PreparedModel:
                 trunk_layers=counts["trunk_layers"], per_head_params=counts["per_head"])
     ctx.target = PreparedModel(model, {**info, "source": "self (mtp)"})
 
-    def measure_fn(target: Any, draft: Any, prompts: Any, *, gamma: int, batch_size: int, max_new_tokens: int,
-                   temperature: float, seed: int, repeats: int) -> Any:
-        return measure_self_speculative(draft, prompts, k=k, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, seed=seed, repeats=repeats)
+    return PreparedModel(model, info, measure=mtp_measure_fn(k))
 
-    return PreparedModel(model, info, measure=measure_fn)
+
+def mtp_measure_fn(k: int) -> Callable[..., list[Any]]:
+    """The measurement of an MTP job with ``k`` heads: every k' in 2..k (one shared plain baseline), so
+    each (task, batch size) gives k - 1 rows with ``gamma = k' - 1``; ``decode.gamma`` is not used."""
+    from scylla.mtp_decode import measure_self_speculative_ks
+
+    def measure_fn(target: Any, draft: Any, prompts: Any, *, gamma: int, batch_size: int, max_new_tokens: int,
+                   temperature: float, seed: int, repeats: int) -> list[Any]:
+        return measure_self_speculative_ks(draft, prompts, ks=range(2, k + 1), batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                           repeats=repeats)
+
+    return measure_fn
 
 
 register_draft_family("llama", _llama_draft)
@@ -263,7 +273,10 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
 
 
 def measure(ctx: JobContext, draft: PreparedModel) -> list[dict[str, Any]]:
-    """Speculative vs plain decoding for every (task, batch size); each logged as it lands."""
+    """Speculative vs plain decoding for every (task, batch size); each logged as it lands.
+
+    A family's ``measure`` may return one measurement or a list of them (MTP: one per head count k');
+    each becomes one row with its own ``gamma``."""
     from scylla.data import eval_prompts
     from scylla.measure import measure_speedup
 
@@ -275,31 +288,37 @@ def measure(ctx: JobContext, draft: PreparedModel) -> list[dict[str, Any]]:
     if ctx.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(cells), desc=f"eval {cfg.draft.name}@{cfg.draft.tokens:,} g={cfg.decode.gamma}",
+        shape = f"k=2..{cfg.draft.k}" if cfg.draft.family == "mtp" else f"g={cfg.decode.gamma}"
+        bar = tqdm(total=len(cells), desc=f"eval {cfg.draft.name}@{cfg.draft.tokens:,} {shape}",
                    unit="cell", dynamic_ncols=True, file=sys.stderr)
     out: list[dict[str, Any]] = []
     try:
         for task in cfg.eval.tasks:
             prompts = eval_prompts(task, ctx.tokenizer, cfg.eval.n_prompts, cfg.eval.prompt_tokens, seed=cfg.eval.seed)
             for batch in cfg.decode.batch_sizes:
-                m = measure_fn(ctx.target.model, draft.model, prompts, gamma=cfg.decode.gamma, batch_size=batch,
-                               max_new_tokens=cfg.decode.max_new_tokens, temperature=cfg.decode.temperature,
-                               seed=cfg.seed, repeats=cfg.eval.repeats)
-                row = {
-                    "task": task, "batch_size": batch, "gamma": getattr(m, "gamma", cfg.decode.gamma),
-                    "temperature": cfg.decode.temperature, "n_prompts": len(prompts),
-                    "max_new_tokens": cfg.decode.max_new_tokens,
-                    "speculative": _stats_dict(m.speculative), "baseline": _stats_dict(m.baseline),
-                    "tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
-                    "speedup": m.speedup, "c": m.c, "draft_step_seconds": m.draft_step_seconds,
-                    "target_step_seconds": m.target_step_seconds, "verify_step_seconds": m.verify_step_seconds,
-                }
-                out.append(row)
-                ctx.tracker.log_measurement(row)
+                result = measure_fn(ctx.target.model, draft.model, prompts, gamma=cfg.decode.gamma, batch_size=batch,
+                                    max_new_tokens=cfg.decode.max_new_tokens, temperature=cfg.decode.temperature,
+                                    seed=cfg.seed, repeats=cfg.eval.repeats)
+                ms = list(result) if isinstance(result, (list, tuple)) else [result]
+                for m in ms:
+                    row = {
+                        "task": task, "batch_size": batch, "gamma": getattr(m, "gamma", cfg.decode.gamma),
+                        "temperature": cfg.decode.temperature, "n_prompts": len(prompts),
+                        "max_new_tokens": cfg.decode.max_new_tokens,
+                        "speculative": _stats_dict(m.speculative), "baseline": _stats_dict(m.baseline),
+                        "tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
+                        "speedup": m.speedup, "c": m.c, "draft_step_seconds": m.draft_step_seconds,
+                        "target_step_seconds": m.target_step_seconds, "verify_step_seconds": m.verify_step_seconds,
+                    }
+                    if getattr(m, "k", None) is not None:  # MTP: heads used (k' = gamma + 1)
+                        row["k"] = int(m.k)
+                    out.append(row)
+                    ctx.tracker.log_measurement(row)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(task=task, B=batch, alpha=f"{m.speculative.alpha:.3f}",
-                                    speedup=f"{m.speedup:.2f}", refresh=False)
+                    if ms:
+                        bar.set_postfix(task=task, B=batch, alpha=f"{ms[-1].speculative.alpha:.3f}",
+                                        speedup=f"{ms[-1].speedup:.2f}", refresh=False)
     finally:
         if bar is not None:
             bar.close()

@@ -107,14 +107,14 @@ class WandbTracker(Tracker):
     def log_measurement(self, measurement: dict[str, Any]) -> None:
         def go() -> None:
             m = measurement
-            task, batch = m["task"], m["batch_size"]
+            cell = f"{m['task']}/b{m['batch_size']}" + (f"/k{m['k']}" if m.get("k") is not None else "")
             spec = m["speculative"]
-            data = {f"{task}/b{batch}/{k}": m[k] for k in ("speedup", "c", "tokens_per_second",
-                                                          "baseline_tokens_per_second") if m.get(k) is not None}
-            data.update({f"{task}/b{batch}/{k}": spec[k] for k in ("alpha", "tau") if spec.get(k) is not None})
+            data = {f"{cell}/{k}": m[k] for k in ("speedup", "c", "tokens_per_second",
+                                                  "baseline_tokens_per_second") if m.get(k) is not None}
+            data.update({f"{cell}/{k}": spec[k] for k in ("alpha", "tau") if spec.get(k) is not None})
             for i, a in enumerate(spec.get("alpha_n") or []):
                 if a is not None:
-                    data[f"{task}/b{batch}/alpha_{i + 1}"] = a
+                    data[f"{cell}/alpha_{i + 1}"] = a
             self._run.log(data)
 
         self._guard("log(measurement)", go)
@@ -132,16 +132,19 @@ class WandbTracker(Tracker):
                 per_task[f"tasks/{task}"] = wandb.Table(
                     columns=scalar_cols, data=[[json_safe(r.get(c)) for c in scalar_cols] for r in rows
                                                if r["task"] == task])
-            positions = wandb.Table(columns=["task", "batch_size", "position", "alpha_n", "accepted", "reached"])
+            positions = wandb.Table(columns=["task", "batch_size", "gamma", "position", "alpha_n", "accepted",
+                                             "reached"])
             for m in record["measurements"]:
                 spec = m["speculative"]
                 for i, (a, acc, reach) in enumerate(zip(spec.get("alpha_n") or [], spec["accepted_per_position"],
                                                         spec["reached_per_position"])):
-                    positions.add_data(m["task"], m["batch_size"], i + 1, a, acc, reach)
+                    positions.add_data(m["task"], m["batch_size"], m.get("gamma"), i + 1, a, acc, reach)
             self._run.log({"results": table, "acceptance_per_position": positions, **per_task})
             summary = self._run.summary
             for r in rows:
                 key = f"{r['task']}/b{r['batch_size']}"
+                if r.get("family") == "mtp":  # one row per head count k' = gamma + 1
+                    key += f"/k{int(r['gamma']) + 1}"
                 for col in ("alpha", "tau", "speedup", "c"):
                     if r.get(col) is not None:
                         summary[f"{key}/{col}"] = json_safe(r[col])

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from scylla.fit.cli import build_parser, load_table, main
-from scylla.fit.synthetic import synthetic_results
+from scylla.fit.cli import build_parser, fit_results, load_table, main
+from scylla.fit.mtp import mtp_table
+from scylla.fit.synthetic import MTP_TRUTH, synthetic_mtp_results, synthetic_results
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def test_cli_writes_fits_report_recommendation_and_figures(results_file, tmp_pat
     assert "speedup_vs_batch.png" in figs and "law_alpha_joint__joint_logit_linear.png" in figs
     assert any(f.startswith("residuals_") for f in figs)
     assert all((out / "figures" / f).stat().st_size > 5000 for f in figs)
+    assert summary["mtp"] is None and not any(k.startswith("mtp_") for k in summary["fits"])  # llama only
+    assert "mtp_tau_vs_k.png" not in figs and "Multi-token prediction" not in (out / "report.md").read_text()
 
 
 def test_cli_groups_by_task(results_file, tmp_path):
@@ -76,3 +79,72 @@ def test_help_documents_the_options():
 def test_load_table_reads_tables(results_file):
     assert len(load_table(str(results_file))) == len(pd.read_parquet(results_file))
     assert len(load_table(str(results_file.parent))) == len(pd.read_parquet(results_file))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The multi-token-prediction family
+
+
+@pytest.fixture(scope="module")
+def mtp_frame():
+    return synthetic_mtp_results(3)
+
+
+def test_mtp_table_pools_batch_sizes_per_head_count(mtp_frame):
+    t = mtp_table(mtp_frame)
+    assert len(t) == 3 * 5 * 3  # shapes x token budgets x k' (batch sizes pooled)
+    assert sorted(t.k.unique()) == [2, 3, 4] and (t.k == t.gamma + 1).all()
+    assert ((t.tau_fraction - (t.tau - 1) / (t.k - 1)).abs() < 1e-12).all()
+    assert t.loc[t.k == 2, "alpha_2"].isna().all() and t.loc[t.k == 4, "alpha_3"].between(0, 1).all()
+    row = t.iloc[0]
+    assert sum(row.prompt_accepted) / sum(row.prompt_steps_gamma) == pytest.approx(row.tau_fraction)
+
+
+def test_mtp_laws_next_to_the_separate_draft_recommendation(results_file, mtp_frame, tmp_path):
+    table = pd.concat([pd.read_parquet(results_file), mtp_frame], ignore_index=True)
+    out = tmp_path / "fit"
+    summary = next(iter(fit_results(table, out, n_bootstrap=200, seed=0).values()))
+    fits = summary["fits"]
+    assert {"mtp_tau_vs_tokens/log_linear", "mtp_tau_vs_params/log_linear", "mtp_tau_fraction_vs_tokens/log_linear",
+            "mtp_tau_fraction_vs_tokens/logit_linear"} <= set(fits)
+    law = fits["mtp_tau_vs_tokens/log_linear"]
+    assert law["y"] == "tau" and law["x"] == ["draft_tokens"] and law["n_points"] == 5
+    lo, hi = law["intervals"]["b"]
+    assert lo < MTP_TRUTH["b1"] < hi and lo > 0, law  # the known slope of tau in ln tokens is recovered
+    assert abs(law["params"]["b"] - MTP_TRUTH["b1"]) < 0.05
+    assert law["bootstrap_mode"] == "prompts+configurations"
+    assert [r["form"] for r in summary["comparisons"]["mtp_tau_fraction_vs_tokens"]]
+    # the separate-draft recommendation is untouched by the MTP rows
+    rec = summary["recommendation"]
+    assert rec is not None and rec["name"].startswith("rec_d") and (out / "draft" / f"{rec['name']}.yaml").is_file()
+    assert "alpha_joint/joint_logit_linear" in fits
+    mtp = summary["mtp"]
+    assert mtp["k_max"] == 4 and mtp["headline"]["draft_name"] == "mtp_d256_l2_k4"
+    head = [r for r in mtp["tau_vs_k"] if r["draft_name"] == "mtp_d256_l2_k4" and r["draft_tokens"] == 2e8]
+    assert [r["k"] for r in head] == [2, 3, 4] and [r["tau"] for r in head] == sorted(r["tau"] for r in head)
+    assert set(head[0]["speedup"]) == {"1", "4", "16"}
+    assert set(head[-1]["alpha_per_head"]) == {"head_2", "head_3", "head_4"}
+    assert [b["batch_size"] for b in mtp["best_per_batch"]] == [1.0, 4.0, 16.0]
+    on_disk = json.loads((out / "fits.json").read_text())
+    assert on_disk["mtp"]["k_max"] == 4 and "mtp_tau_vs_params/log_linear" in on_disk["fits"]
+    report = (out / "report.md").read_text()
+    assert "## Multi-token prediction (self-speculative)" in report and "### mtp_tau_vs_tokens/log_linear" in report
+    assert "Best measured MTP configuration per batch size" in report and "separate draft: gamma" in report
+    figs = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"mtp_tau_vs_k.png", "law_mtp_tau_vs_tokens__log_linear.png", "speedup_vs_batch.png"} <= figs
+    assert (out / "figures" / "mtp_tau_vs_k.png").stat().st_size > 5000
+
+
+def test_mtp_rows_alone_are_fitted(mtp_frame, tmp_path):
+    out = tmp_path / "fit"
+    summary = next(iter(fit_results(mtp_frame, out, n_bootstrap=30, seed=1).values()))
+    assert summary["recommendation"] is None and summary["n_configurations"] == 0
+    assert "mtp_tau_vs_tokens/log_linear" in summary["fits"] and summary["mtp"]["n_configurations"] == 15
+    assert any("no separate-draft" in n for n in summary["notes"])
+    assert "## Multi-token prediction" in (out / "report.md").read_text()
+    assert (out / "figures" / "mtp_tau_vs_k.png").is_file() and not (out / "recommendation.json").exists()
+    # one model at one budget: the table and figure, but no laws (and no crash)
+    one = mtp_frame[(mtp_frame.draft_d_model == 64) & (mtp_frame.draft_tokens == 2e6)]
+    summary = next(iter(fit_results(one, tmp_path / "one", n_bootstrap=0, plots=False).values()))
+    assert not summary["fits"] and summary["mtp"]["k_max"] == 4
+    assert any("fewer than 3 distinct values" in n for n in summary["notes"])

@@ -9,7 +9,7 @@ from scylla.measure import SpeedupMeasurement
 from scylla.models import ModelSpec, build_llama, count_parameters
 from scylla.mtp import (MTPConfig, MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream,
                         train_on_stream, trunk_layers_for)
-from scylla.mtp_decode import measure_self_speculative, self_speculative_generate
+from scylla.mtp_decode import measure_self_speculative, measure_self_speculative_ks, self_speculative_generate
 
 VOCAB = 32
 SPEC = ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=VOCAB, tie_embeddings=False, max_seq_len=256)
@@ -313,6 +313,58 @@ def test_measurement_has_the_engine_record_schema(trained, prompts):
     assert d["speedup"] == pytest.approx(d["tokens_per_second"] / d["baseline_tokens_per_second"])
     assert m.baseline.tau == 1.0 and d["tau"] == pytest.approx(m.speculative.tau)
     assert d["target_step_seconds"] > 0 and d["verify_step_seconds"] > 0
+
+
+def test_one_measurement_per_head_count_with_a_shared_baseline(trained, prompts):
+    model, _ = trained
+    ms = measure_self_speculative_ks(model, prompts, ks=range(2, N_FUTURE + 1), batch_size=4, max_new_tokens=10,
+                                     repeats=2)
+    assert [m.k for m in ms] == [2, 3, 4] and [m.gamma for m in ms] == [1, 2, 3]
+    assert len({id(m.baseline) for m in ms}) == 1 and len({m.baseline_tps for m in ms}) == 1
+    for m in ms:
+        ref = self_speculative_generate(model, prompts, k=m.k, max_new_tokens=10, batch_size=4).stats
+        assert m.speculative.gamma == m.k - 1 and len(m.speculative.alpha_n) == m.k - 1
+        assert (m.speculative.accepted, m.speculative.steps) == (ref.accepted, ref.steps)  # greedy: deterministic
+        assert m.speculative.tau == pytest.approx(1 + ref.accepted / ref.steps)
+    single = measure_self_speculative(model, prompts, k=3, batch_size=4, max_new_tokens=10)
+    assert single.k == 3 and single.speculative.accepted == ms[1].speculative.accepted
+    with pytest.raises(ValueError, match="exceeds"):
+        measure_self_speculative_ks(model, prompts, ks=[2, 5], batch_size=4, max_new_tokens=4)
+
+
+def test_pipeline_job_writes_one_row_per_head_count(trained, prompts, tmp_path, monkeypatch):
+    """An MTP job measures every k' in 2..k inside the job; `load` gives each its gamma, tau and per-head columns."""
+    import scylla.data
+    from scylla.config import compose
+    from scylla.pipeline import JobContext, PreparedModel, measure, mtp_measure_fn
+    from scylla.results import records_to_frame
+    from scylla.tracking import Tracker
+
+    model, _ = trained
+    cfg = compose(["experiment=smoke", "draft=tiny-mtp", f"draft.k={N_FUTURE}", "eval.tasks=[bible]",
+                   "decode.batch_sizes=[2,4]", "decode.max_new_tokens=10", "runtime.progress=false"])
+    from scylla.config import validate
+
+    job = validate(cfg)
+    monkeypatch.setattr(scylla.data, "eval_prompts", lambda *a, **k: prompts)
+    ctx = JobContext(cfg=job, cache_dir=tmp_path, device="cpu", threads=1, tracker=Tracker(), progress=False,
+                     target=PreparedModel(model, {}))
+    rows = measure(ctx, PreparedModel(model, {}, measure=mtp_measure_fn(N_FUTURE)))
+    assert [(r["batch_size"], r["gamma"], r["k"]) for r in rows] == [
+        (b, k - 1, k) for b in (2, 4) for k in range(2, N_FUTURE + 1)]
+    record = {"run_id": "mtp-job", "config": {"experiment": "unit"}, "target": {"name": "tiny-mtp"},
+              "draft": {"name": "tiny-mtp", "family": "mtp", "params": 1, "tokens": 4096}, "provenance": {},
+              "measurements": rows}
+    frame = records_to_frame([record])
+    assert len(frame) == 2 * (N_FUTURE - 1) and (frame.family == "mtp").all()
+    assert sorted(frame.gamma.unique()) == [1, 2, 3]
+    assert ((frame.tau - (1 + frame.accepted / frame.steps)).abs() < 1e-12).all() and (frame.tau >= 1).all()
+    assert {"alpha_1", "alpha_2", "alpha_3", "accepted_3", "reached_3"} <= set(frame.columns)
+    assert frame.loc[frame.gamma < 3, "reached_3"].isna().all()
+    assert frame.loc[frame.gamma == 3, "reached_3"].notna().all()
+    assert (frame.c == 0).all()
+    for _, g in frame.groupby("batch_size"):  # one plain baseline per (task, batch size), shared by every k'
+        assert g.baseline_tokens_per_second.nunique() == 1
 
 
 # ---------------------------------------------------------------------------------------------------

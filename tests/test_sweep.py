@@ -252,7 +252,19 @@ def test_mtp_family_drafts_for_itself(trained: dict[str, Any], tmp_path: Path) -
     outcome = run_job(compose(job_overrides(tmp_path, "draft=tiny-mtp", "eval.tasks=[bible]", "decode.batch_sizes=[2]")))
     frame = load(tmp_path)
     row = frame.iloc[0]
-    assert outcome.status == "done" and len(frame) == 1
+    assert outcome.status == "done" and len(frame) == 1  # k = 2 heads: k' = 2 only
     assert row.family == "mtp" and row.target_name == "tiny-mtp"  # no separate target
     assert row.gamma == 1 and row.c == 0.0  # k = 2 heads: one drafted token per step, no draft model cost
     assert 0 <= row.alpha <= 1 and row.tau >= 1
+    # a 3-head model: every k' in 2..3 is measured inside the one job, one row each (gamma = k' - 1)
+    three = tmp_path / "k3"
+    outcome = run_job(compose(job_overrides(three, "draft=tiny-mtp", "draft.k=3", "eval.tasks=[bible]",
+                                            "decode.batch_sizes=[1,2]")))
+    frame = load(three)
+    assert outcome.status == "done" and len(frame) == 2 * 2  # batch sizes x k'
+    assert sorted(frame.gamma) == [1, 1, 2, 2] and frame.run_id.nunique() == 1
+    assert [m["k"] for m in outcome.record["measurements"]] == [2, 3, 2, 3]
+    assert ((frame.tau - (1 + frame.accepted / frame.steps)).abs() < 1e-9).all() and (frame.tau >= 1).all()
+    # per-head counters: head 3 (position 2) only exists in the k' = 3 rows
+    assert frame.loc[frame.gamma == 2, "reached_2"].notna().all()
+    assert frame.loc[frame.gamma == 1, "reached_2"].isna().all()

@@ -25,6 +25,7 @@ import pandas as pd
 from .checks import FitWarning, compare_forms
 from .core import FitError, FitResult, fit_law, single_thread_blas
 from .cost import fit_cost_model
+from .mtp import mtp_rows, mtp_summary, mtp_table
 from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
 
 __all__ = ["load_table", "fit_results", "main"]
@@ -142,14 +143,28 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     notes: list[str] = []
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
     llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
+    mtp = mtp_rows(frame)
+    acc: pd.DataFrame | None = None
+    mtp_acc: pd.DataFrame | None = None
     try:
         acc = acceptance_table(llama)
     except FitError as exc:
+        llama_error = exc
+    if len(mtp):
+        try:
+            mtp_acc = mtp_table(mtp)
+        except FitError as exc:
+            notes.append(f"mtp: nothing to fit: {exc}")
+    if acc is None and mtp_acc is None:
         summary = {"n_rows": len(frame), "n_configurations": 0, "fits": {}, "comparisons": {},
-                   "recommendation": None, "notes": [f"nothing to fit: {exc}"], "figures": []}
+                   "recommendation": None, "mtp": None, "notes": [f"nothing to fit: {llama_error}", *notes],
+                   "figures": []}
         (out / "fits.json").write_text(json.dumps(summary, indent=2))
-        (out / "report.md").write_text(f"# Scylla fit report\n\nNothing to fit: {exc}\n")
+        (out / "report.md").write_text(f"# Scylla fit report\n\nNothing to fit: {llama_error}\n")
         return summary
+    if acc is None:
+        notes.append("no separate-draft (family 'llama') rows: no acceptance laws and no recommendation"
+                     if llama.empty else f"separate drafts: nothing to fit: {llama_error}")
     fits: dict[str, FitResult] = {}
     data_for: dict[str, pd.DataFrame] = {}
     comparisons: dict[str, list[dict]] = {}
@@ -172,6 +187,46 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
         ok = table[table["result"].map(lambda v: isinstance(v, FitResult))] if "result" in table else table.iloc[:0]
         return ok["result"].iloc[0] if len(ok) else None
 
+    rec: Recommendation | None = None
+    if acc is not None:
+        rec = _fit_llama(llama, acc, out, compare, fits, data_for, notes, kw, batch_sizes=batch_sizes,
+                         token_budgets=token_budgets, max_gamma=max_gamma, compute_budget=compute_budget,
+                         full_grid=full_grid, n_bootstrap=n_bootstrap, seed=seed)
+    mtp_info = None
+    if mtp_acc is not None:
+        mtp_info = _fit_mtp(mtp, mtp_acc, compare, fits, data_for, notes, kw)
+
+    figures = []
+    if plots:
+        from . import plots as P
+
+        for key, res in fits.items():
+            slug = key.replace("/", "__")
+            figures.append(P.save(P.plot_law(res, data_for[key]), out / "figures" / f"law_{slug}.png"))
+            figures.append(P.save(P.plot_residuals(res, data_for[key]), out / "figures" / f"residuals_{slug}.png"))
+        if rec is not None:
+            figures.append(P.save(P.plot_speedup_vs_batch(rec, llama), out / "figures" / "speedup_vs_batch.png"))
+        if mtp_acc is not None:
+            figures.append(P.save(P.plot_mtp_tau_vs_k(mtp_acc, mtp), out / "figures" / "mtp_tau_vs_k.png"))
+
+    summary = {
+        "n_rows": len(frame), "n_configurations": 0 if acc is None else len(acc),
+        "fits": {k: v.to_dict() for k, v in fits.items()}, "comparisons": comparisons,
+        "recommendation": rec.to_dict() if rec is not None else None, "mtp": mtp_info, "notes": notes,
+        "figures": [str(f.relative_to(out)) for f in figures],
+        "conventions": {"tau": "tokens per target forward, bonus/correction token included",
+                        "intervals": f"{int(round(100 * level))}% bootstrap percentile intervals, seed {seed}"},
+    }
+    (out / "fits.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "report.md").write_text(_report(summary, fits, rec))
+    return summary
+
+
+def _fit_llama(llama: pd.DataFrame, acc: pd.DataFrame, out: Path, compare: Any, fits: dict[str, FitResult],
+               data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any], *,
+               batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
+               compute_budget: float | None, full_grid: bool, n_bootstrap: int, seed: int) -> Recommendation | None:
+    """Separate draft LMs: acceptance laws, the batch-size law, the loss laws and the recommendation."""
     # per-axis acceptance laws, each on the slice where the other axis is at its largest value
     for axis, other in (("draft_tokens", "draft_params"), ("draft_params", "draft_tokens")):
         sub = acc[acc[other] == acc[other].max()]
@@ -207,7 +262,7 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
             fits["alpha_vs_loss/logit_linear"] = res
             data_for["alpha_vs_loss/logit_linear"] = acc
 
-    # recommendation
+    # recommendation (separate-draft rows only: MTP rows have their own "target" and step times)
     rec: Recommendation | None = None
     law = joint
     if law is None:  # one varying axis: a bounded per-axis law of the per-token acceptance
@@ -221,42 +276,44 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     try:
         if law is None:
             raise FitError("no acceptance law could be fitted (drafts must vary in size and/or tokens)")
-        cost = fit_cost_model(frame, n_bootstrap=n_bootstrap, seed=seed)
+        cost = fit_cost_model(llama, n_bootstrap=n_bootstrap, seed=seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FitWarning)
             rec = recommend(
-                law, cost, candidates=candidate_drafts(frame),
+                law, cost, candidates=candidate_drafts(llama),
                 token_budgets=token_budgets or sorted(acc["draft_tokens"].unique()),
-                batch_sizes=batch_sizes or sorted(frame["batch_size"].unique()),
+                batch_sizes=batch_sizes or sorted(llama["batch_size"].unique()),
                 max_gamma=max_gamma, compute_budget=compute_budget,
             )
         rec.notes.extend(str(w.message) for w in caught if str(w.message) not in rec.notes)
         rec.write(out)
     except FitError as exc:
         notes.append(f"recommendation skipped: {exc}")
+    return rec
 
-    figures = []
-    if plots:
-        from . import plots as P
 
-        for key, res in fits.items():
-            slug = key.replace("/", "__")
-            figures.append(P.save(P.plot_law(res, data_for[key]), out / "figures" / f"law_{slug}.png"))
-            figures.append(P.save(P.plot_residuals(res, data_for[key]), out / "figures" / f"residuals_{slug}.png"))
-        if rec is not None:
-            figures.append(P.save(P.plot_speedup_vs_batch(rec, frame), out / "figures" / "speedup_vs_batch.png"))
-
-    summary = {
-        "n_rows": len(frame), "n_configurations": len(acc),
-        "fits": {k: v.to_dict() for k, v in fits.items()}, "comparisons": comparisons,
-        "recommendation": rec.to_dict() if rec is not None else None, "notes": notes,
-        "figures": [str(f.relative_to(out)) for f in figures],
-        "conventions": {"tau": "tokens per target forward, bonus/correction token included",
-                        "intervals": f"{int(round(100 * level))}% bootstrap percentile intervals, seed {seed}"},
-    }
-    (out / "fits.json").write_text(json.dumps(summary, indent=2, default=float))
-    (out / "report.md").write_text(_report(summary, fits, rec))
-    return summary
+def _fit_mtp(mtp: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[str, FitResult],
+             data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any]) -> dict[str, Any]:
+    """Multi-token prediction: tau vs draft tokens and vs draft params at the largest k measured (each on
+    the slice where the other axis is at its largest value), and the tau / speedup vs k table."""
+    k_max = int(table["k"].max())
+    top = table[table["k"] == k_max]
+    for axis, other in (("draft_tokens", "draft_params"), ("draft_params", "draft_tokens")):
+        name = axis.removeprefix("draft_")
+        sub = top[top[other] == top[other].max()]
+        if sub[axis].nunique() < 3:
+            notes.append(f"mtp tau vs {axis} (k = {k_max}): fewer than 3 distinct values at the largest {other}; "
+                         "no axis law")
+            continue
+        res = _fit_safe(sub, "log_linear", axis, "tau", notes, **kw)  # the Scylla paper's form, in tau's units
+        if res is not None:
+            fits[f"mtp_tau_vs_{name}/log_linear"] = res
+            data_for[f"mtp_tau_vs_{name}/log_linear"] = sub
+        # (tau - 1) / (k - 1) in [0, 1]: log_linear (the same law as above) against the bounded forms
+        compare(f"mtp_tau_fraction_vs_{name}", sub, AXIS_FORMS, axis, "tau_fraction")
+    info = mtp_summary(mtp, table)
+    info["laws_at_k"] = k_max
+    return info
 
 
 def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | None) -> str:
@@ -290,9 +347,58 @@ def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | Non
         lines.append("")
     if rec is not None:
         lines += ["## Recommendation", "", rec.to_markdown().split("\n", 1)[1]]
+    if summary.get("mtp"):
+        lines += _mtp_report(summary["mtp"], rec)
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _mtp_report(info: dict, rec: Recommendation | None) -> list[str]:
+    """The multi-token-prediction section: tau and speedup vs k for the largest model, the best measured
+    configuration per batch size (next to the separate-draft recommendation when there is one)."""
+    head = info["headline"]
+    rows = [r for r in info["tau_vs_k"] if r["draft_name"] == head["draft_name"]
+            and r["draft_tokens"] == head["draft_tokens"] and r["draft_params"] == head["draft_params"]]
+    batches = info["batch_sizes"]
+    lines = ["## Multi-token prediction (self-speculative)", "",
+             f"{info['n_rows']} result rows, {info['n_configurations']} MTP configuration(s), k' = 2..{info['k_max']} "
+             "heads measured inside each job. tau = tokens per forward (bonus token included; k = 1 is tau = 1); "
+             "speedup is wall clock over the same model's k = 1 decoding at the same batch size. "
+             f"The `mtp_tau_vs_*` laws are fitted at k = {info['laws_at_k']}; `mtp_tau_fraction_vs_*` fit "
+             "(tau - 1) / (k - 1).", "",
+             f"### tau and speedup vs k: {head['draft_name']} ({head['draft_params']:.4g} parameters, "
+             f"{head['draft_tokens']:.4g} tokens)", "",
+             "| k | tau | tau / k | per-head acceptance | " + " | ".join(f"speedup B={b:g}" for b in batches) + " |",
+             "|---:|---:|---:|---|" + "---:|" * len(batches)]
+    lines.append("| 1 | 1.000 | 1.000 | - | " + " | ".join("1.00" for _ in batches) + " |")  # plain decoding
+    for r in rows:
+        heads = ", ".join(f"{h.replace('head_', 'head ')}: {a:.3f}" for h, a in r["alpha_per_head"].items()) or "-"
+        sp = [r["speedup"].get(f"{b:g}") for b in batches]
+        lines.append(f"| {r['k']} | {r['tau']:.3f} | {r['tau_over_k']:.3f} | {heads} | "
+                     + " | ".join("n/a" if v is None else f"{v:.2f}" for v in sp) + " |")
+    lines.append("")
+    best = info.get("best_per_batch") or []
+    if best:
+        llama = {float(r["batch_size"]): r for r in (rec.per_batch if rec is not None else [])}
+        lines += ["### Best measured MTP configuration per batch size", ""]
+        if rec is not None:
+            lines += [f"Next to the separate-draft recommendation ({rec.name}, predicted speedup with its interval).",
+                      "", "| batch | MTP model | tokens | k | tau | measured speedup | separate draft: gamma "
+                      "| predicted speedup |",
+                      "|---:|---|---:|---:|---:|---:|---:|---|"]
+        else:
+            lines += ["| batch | MTP model | tokens | k | tau | measured speedup |", "|---:|---|---:|---:|---:|---:|"]
+        for b in best:
+            cells = (f"| {b['batch_size']:g} | {b['draft_name']} | {b['draft_tokens']:.4g} | {b['k']} | "
+                     f"{b['tau']:.3f} | {b['speedup']:.2f} |")
+            if rec is not None:
+                r = llama.get(float(b["batch_size"]))
+                cells += (f" {r['gamma']} | {r['speedup']:.2f} [{r['low']:.2f}, {r['high']:.2f}] |" if r is not None
+                          else " - | not a serving batch size |")
+            lines.append(cells)
+        lines.append("")
+    return lines
 
 
 def _floats(text: str) -> list[float]:

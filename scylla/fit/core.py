@@ -13,7 +13,7 @@ the largest cosine between the residual influence vector and a Jacobian column (
 gradient test, ~0 at an optimum, O(1) away from one) must be small.
 
 Uncertainty: nonparametric bootstrap. Configurations (rows) are resampled within the sweep; when
-per-prompt counters are present and the response is `alpha`, `alpha_token` or `tau`, prompts are also
+per-prompt counters are present and the response is `alpha`, `alpha_token`, `tau` or `tau_fraction`, prompts are also
 resampled within each configuration and the rate recomputed from the resampled counts. Bootstrap fits start
 from the point estimate; forms linear on their response scale are solved for all draws at once by
 iteratively reweighted least squares (exact for a convex Huber objective).
@@ -44,7 +44,9 @@ CONVERGENCE_TOL = 1e-3  # max cosine between residual influence and a Jacobian c
 SCREEN_ITERS = 200  # L-BFGS-B iterations per grid start before the best few are polished
 POLISH = 5
 PROMPT_COLUMNS = {"alpha": ("prompt_accepted", "prompt_drafted"), "tau": ("prompt_accepted", "prompt_steps"),
-                  "alpha_token": ("prompt_accepted", "prompt_reached")}
+                  "alpha_token": ("prompt_accepted", "prompt_reached"),
+                  # MTP: (tau - 1) / (k - 1) = accepted / (steps * gamma), see scylla.fit.mtp
+                  "tau_fraction": ("prompt_accepted", "prompt_steps_gamma")}
 
 
 def single_thread_blas(fn: Callable) -> Callable:

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from .core import FitResult  # noqa: E402
 from .recommend import Recommendation  # noqa: E402
 
-__all__ = ["plot_law", "plot_residuals", "plot_speedup_vs_batch", "save"]
+__all__ = ["plot_law", "plot_residuals", "plot_speedup_vs_batch", "plot_mtp_tau_vs_k", "save"]
 
 EXTEND = 4.0  # the curve is drawn this factor beyond the fitted range on each side (log axis)
 
@@ -108,6 +108,61 @@ def plot_speedup_vs_batch(rec: Recommendation, frame: pd.DataFrame | None = None
     ax.set_ylabel("speedup vs plain decoding")
     ax.set_title("predicted speedup of the recommended draft", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_mtp_tau_vs_k(table: pd.DataFrame, frame: pd.DataFrame | None = None) -> plt.Figure:
+    """Multi-token prediction: tokens per forward (tau, bonus included) against heads used k, one line per
+    configuration, with the ideal tau = k; and, for the largest model at its largest budget, the measured
+    wall-clock speedup against k per batch size. ``table`` is `scylla.fit.mtp.mtp_table`."""
+    from .mtp import headline_configuration, tau_vs_k
+
+    with_speedup = frame is not None and "speedup" in frame.columns
+    fig, axes = plt.subplots(1, 2 if with_speedup else 1, figsize=(11 if with_speedup else 6, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    k_max = int(table["k"].max())
+    ks = np.arange(1, k_max + 1)
+    ax.plot(ks, ks, color="0.5", ls="--", lw=1, label="ideal: tau = k")
+    # colour: token budget (log scale); marker: model (one per parameter count)
+    tokens = np.log(table["draft_tokens"].to_numpy(float))
+    t_lo, t_hi = float(tokens.min()), float(tokens.max())
+    markers = "os^Dv<>ph*"
+    cmap = matplotlib.colors.ListedColormap(plt.cm.viridis(np.linspace(0, 0.9, 256)))  # no pale yellow end
+    by_size = table.sort_values("draft_params")
+    models = list(dict.fromkeys(zip(by_size["draft_name"], by_size["draft_params"])))
+    for (name, n, d), g in table.groupby(["draft_name", "draft_params", "draft_tokens"], sort=True):
+        g = g.sort_values("k")
+        shade = 0.5 if t_hi == t_lo else (np.log(d) - t_lo) / (t_hi - t_lo)
+        marker = markers[models.index((name, n)) % len(markers)]
+        ax.plot(np.r_[1, g["k"]], np.r_[1.0, g["tau"]], "-", marker=marker, color=cmap(shade), ms=4, lw=1.1)
+    for i, (name, n) in enumerate(models[:12]):
+        ax.plot([], [], markers[i % len(markers)], color="0.3", ms=4, label=f"{name} ({n:.3g} params)")
+    if t_hi > t_lo:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.LogNorm(np.exp(t_lo), np.exp(t_hi)))
+        fig.colorbar(sm, ax=ax, label="draft tokens", pad=0.01)
+    ax.set_xticks(ks)
+    ax.set_xlabel("heads used k (k = 1: plain decoding)")
+    ax.set_ylabel("tau (tokens per forward, bonus included)")
+    ax.set_title("MTP self-speculative decoding: tokens per forward vs k", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    if with_speedup:
+        ax = axes[0, 1]
+        head = headline_configuration(table)
+        t = tau_vs_k(frame)
+        t = t[(t["draft_name"] == head["draft_name"]) & (t["draft_tokens"] == head["draft_tokens"])
+              & (t["draft_params"] == head["draft_params"])]
+        bs = sorted(t["batch_size"].unique())
+        bcolors = plt.cm.plasma(np.linspace(0, 0.85, max(len(bs), 1)))
+        for b, color in zip(bs, bcolors):
+            g = t[t["batch_size"] == b].sort_values("k")
+            ax.plot(np.r_[1, g["k"]], np.r_[1.0, g["speedup"]], "o-", color=color, ms=4, lw=1.2, label=f"B={b:g}")
+        ax.axhline(1.0, color="0.4", ls=":", lw=1)
+        ax.set_xticks(ks)
+        ax.set_xlabel("heads used k")
+        ax.set_ylabel("wall-clock speedup vs k = 1")
+        ax.set_title(f"{head['draft_name']} @ {head['draft_tokens']:.3g} tokens: speedup vs k", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,286 @@
+"""`make study`: the reference study -- the three laws measured end to end, committed under experiments/.
+
+1. sweep ``experiment=study`` (configs/experiment/study.yaml): every draft size x every token budget of
+   both draft families as jobs, every batch size and task inside each job. Exactly
+   ``scylla-run -m sweep=grid experiment=study``; finished jobs are skipped, so an interrupted study
+   resumes where it stopped (training is cached per model size as well);
+2. export the results table (one row per job x task x batch size [x k for MTP]) as CSV;
+3. fit the laws per task and pooled over tasks (bootstrap intervals, held-out extrapolation errors,
+   AICc between forms) and recommend a draft (`scylla.fit.cli.fit_results`);
+4. write ``report.md``: the settings, the measured table, the fitted laws with their numbers, the
+   recommendation and the figures.
+
+    python -m scylla.study                          # the whole study (about 1.5-2 h of CPU here)
+    python -m scylla.study --fit-only               # re-fit and re-write the report from the records
+    python -m scylla.study --name mine 'axes.drafts=[draft-w32,draft-w128]'   # a variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from scylla.config import ConfigError, compose, validate
+
+__all__ = ["main", "export_table", "write_report", "headline_laws"]
+
+# Columns that are machine-local or bulky: left out of the committed table.
+_DROP = ("record_path", "prompt_accepted", "prompt_drafted", "prompt_steps")
+# The laws the report leads with (fit key -> what it says), in order.
+HEADLINE = [
+    ("alpha_vs_tokens/log_linear", "acceptance vs ln draft tokens (largest draft)"),
+    ("alpha_vs_params/log_linear", "acceptance vs ln draft parameters (largest budget)"),
+    ("alpha_joint/joint_logit_linear", "joint: logit(acceptance) vs ln tokens, ln params"),
+    ("alpha_joint/joint_logit_linear_interaction", "joint with interaction"),
+    ("speedup_vs_batch/log_linear", "speedup vs ln batch size (best measured draft)"),
+    ("loss/chinchilla", "draft validation loss, Chinchilla form"),
+    ("alpha_vs_loss/logit_linear", "acceptance vs draft validation loss"),
+    ("mtp_tau_vs_tokens/log_linear", "MTP tokens per forward vs ln tokens (largest model, k = 4)"),
+    ("mtp_tau_vs_params/log_linear", "MTP tokens per forward vs ln parameters (largest budget, k = 4)"),
+]
+
+
+def _log(msg: str) -> None:
+    print(f"[scylla-study] {msg}", flush=True)
+
+
+def export_table(frame: pd.DataFrame, path: Path) -> Path:
+    """The tidy results as a small CSV, without machine-local paths or per-prompt lists."""
+    keep = [c for c in frame.columns if c not in _DROP]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    frame[keep].sort_values(["family", "draft_params", "draft_tokens", "task", "batch_size", "gamma"]).to_csv(
+        tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(v: Optional[float], digits: int = 4) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
+
+
+def headline_laws(fits: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per headline law present in a fits.json `fits` mapping: params, intervals, R^2, and
+    the leave-largest-out relative error per axis."""
+    rows = []
+    for key, what in HEADLINE:
+        res = fits.get(key)
+        if res is None:
+            continue
+        held = {ax: h["mean_rel_error"] for ax, h in res.get("leave_largest_out", {}).items()
+                if "mean_rel_error" in h}
+        rows.append({"key": key, "what": what, "equation": res["equation"], "params": res["params"],
+                     "intervals": res["intervals"], "r2": res["r2"], "n": res["n_points"], "heldout": held})
+    return rows
+
+
+def _law_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| law | equation | parameters (95% bootstrap interval) | R^2 | n | held-out rel. error |",
+             "|---|---|---|---:|---:|---|"]
+    for r in rows:
+        params = "; ".join(f"{k} = {_fmt(v)} [{_fmt(r['intervals'].get(k, [None])[0])}, "
+                           f"{_fmt(r['intervals'].get(k, [None, None])[1])}]" for k, v in r["params"].items())
+        held = ", ".join(f"{ax.removeprefix('draft_')}: {100 * e:.1f}%" for ax, e in r["heldout"].items()) or "-"
+        lines.append(f"| {r['what']} | `{r['equation']}` | {params} | {_fmt(r['r2'], 3)} | {r['n']} | {held} |")
+    return lines
+
+
+def _per_task_slopes(fit_dir: Path) -> list[str]:
+    """Slope b of the per-axis log-linear laws for every task group (acceptance per task)."""
+    lines = ["| group | b (alpha vs ln tokens) | R^2 | b (alpha vs ln params) | R^2 |", "|---|---|---:|---|---:|"]
+    for fits_json in sorted(fit_dir.glob("*/fits.json")):
+        fits = json.loads(fits_json.read_text())["fits"]
+        cells = []
+        for key in ("alpha_vs_tokens/log_linear", "alpha_vs_params/log_linear"):
+            r = fits.get(key)
+            if r is None:
+                cells += ["-", "-"]
+            else:
+                lo, hi = r["intervals"].get("b", [None, None])
+                cells += [f"{_fmt(r['params']['b'], 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]", _fmt(r["r2"], 3)]
+        lines.append(f"| {fits_json.parent.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _mtp_table(frame: pd.DataFrame) -> list[str]:
+    mtp = frame[frame["family"] == "mtp"]
+    if mtp.empty:
+        return []
+    mtp = mtp.assign(k=mtp["gamma"] + 1)
+    top = mtp[(mtp["draft_params"] == mtp["draft_params"].max()) & (mtp["draft_tokens"] == mtp["draft_tokens"].max())]
+    tau = top.groupby("k")["tau"].mean()
+    sp = top.pivot_table(index="k", columns="batch_size", values="speedup", aggfunc="mean")
+    lines = [f"Largest MTP model ({top['draft_name'].iloc[0]}, {int(top['draft_tokens'].iloc[0]):,} tokens), mean over "
+             "tasks: tokens per forward (tau, bonus included) and wall-clock speedup over its own k = 1 decoding.", "",
+             "| k | tau | " + " | ".join(f"speedup B={int(b)}" for b in sp.columns) + " | speedup/tau at B=1 |",
+             "|---:|---:|" + "---:|" * len(sp.columns) + "---:|"]
+    for k in tau.index:
+        ratio = sp.loc[k].iloc[0] / tau[k] if len(sp.columns) else float("nan")
+        lines.append(f"| {int(k)} | {tau[k]:.3f} | " + " | ".join(f"{sp.loc[k, b]:.2f}" for b in sp.columns)
+                     + f" | {ratio:.2f} |")
+    return lines
+
+
+def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str, settings: dict[str, Any],
+                 sweep_seconds: Optional[float]) -> Path:
+    """report.md of a study folder (relative links, so it renders on GitHub)."""
+    from scylla.demo import summary_table
+
+    pooled_dir = next(iter(sorted(fit_dir.glob("task=all*"))), fit_dir)
+    pooled = json.loads((pooled_dir / "fits.json").read_text())
+    llama = frame[frame["family"] == "llama"]
+    lines = [f"# Scylla reference study: `{out.name}`", "",
+             f"Produced by `{command}` (resumable; `--fit-only` re-fits from the records).", "",
+             "## Settings", ""]
+    lines += [f"- {k}: {v}" for k, v in settings.items()]
+    lines += [f"- rows: {len(frame)} (jobs: {frame['run_id'].nunique()}, tasks: {sorted(frame['task'].unique())})",
+              f"- machine: {platform.machine()}, {os.cpu_count()} cores, torch threads per job: "
+              f"{sorted(frame['threads'].dropna().unique().tolist())}"]
+    if sweep_seconds is not None:
+        lines.append(f"- wall time of the last sweep call: {sweep_seconds / 60:.1f} min (finished jobs are skipped)")
+    lines += ["", "Conventions: alpha = accepted / drafted; tau = 1 + accepted / steps (tokens per target forward, "
+              "bonus/correction token included; 1.00 for plain decoding); speedup = wall-clock tokens/s of "
+              "speculative over plain decoding at the same batch size on the same prompts; params = total "
+              "parameters (non-embedding in the table below).", ""]
+    if not llama.empty:
+        lines += ["## Measured (separate draft LMs, mean over tasks)", "", "```", summary_table(llama), "```", ""]
+    lines += ["## Fitted laws (pooled over tasks)", ""]
+    lines += _law_table(headline_laws(pooled["fits"]))
+    lines += ["", "Held-out error: the law refitted without the largest value of that axis, predicting it "
+              "(leave-largest-out extrapolation). Full details, AICc comparisons and notes: "
+              f"[{pooled_dir.relative_to(out)}/report.md]({pooled_dir.relative_to(out)}/report.md).", ""]
+    lines += ["## Acceptance per task", ""] + _per_task_slopes(fit_dir) + [""]
+    mtp = _mtp_table(frame)
+    if mtp:
+        lines += ["## Multi-token prediction (self-speculative)", ""] + mtp + [""]
+    rec = pooled.get("recommendation")
+    if rec:
+        lines += ["## Recommendation (pooled over tasks)", "",
+                  f"Draft `{rec['name']}` (P(best over bootstrap draws) = {rec['p_best']:.2f}); "
+                  f"config: [{pooled_dir.relative_to(out)}/draft/]({pooled_dir.relative_to(out)}/draft/).", "",
+                  "| serving batch | gamma | predicted speedup | interval |", "|---:|---:|---:|---|"]
+        for r in rec["per_batch"]:
+            lines.append(f"| {r['batch_size']:g} | {r['gamma']} | {r['speedup']:.2f} | [{r['low']:.2f}, {r['high']:.2f}] |")
+        lines.append("")
+    figs = sorted((pooled_dir / "figures").glob("*.png")) if (pooled_dir / "figures").is_dir() else []
+    shown = [f for f in figs if f.name.startswith("law_") and "residuals" not in f.name] + \
+            [f for f in figs if f.name in ("speedup_vs_batch.png", "mtp_tau_vs_k.png")]
+    if shown:
+        lines += ["## Figures", ""]
+        lines += [f"![{f.stem}]({f.relative_to(out)})" for f in shown]
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="scylla-study", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--name", default="reference", help="study name: outputs go to experiments/<name>/")
+    parser.add_argument("--out", help="output folder (default: experiments/<name>)")
+    parser.add_argument("--experiment", default="study", help="experiment preset (default: study)")
+    parser.add_argument("--launcher", default="basic", choices=["basic", "joblib", "submitit_local", "local", "slurm"],
+                        help="Hydra launcher for the sweep (default: basic, one job after another)")
+    parser.add_argument("--fit-only", action="store_true", help="skip the sweep; fit and report the records there are")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "offline")
+
+    from scylla.demo import grid_run_ids
+    from scylla.pipeline import _abs
+
+    try:
+        cfg = compose([f"experiment={args.experiment}", *args.overrides])
+        job = validate(cfg)
+        expected = grid_run_ids(args.experiment, args.overrides)
+    except ConfigError as err:
+        print(f"scylla-study: error: {err}", file=sys.stderr)
+        return 2
+    results_dir = _abs(job.paths.results_dir)
+    out = Path(args.out) if args.out else _abs(f"experiments/{args.name}")
+    done = [rid for rid in expected if (results_dir / f"{rid}.json").is_file()]
+    axes = job.axes
+    _log(f"{len(expected)} jobs (drafts {list(axes.drafts)} x budgets {list(axes.tokens)}), batch sizes "
+         f"{list(axes.batch_sizes)}, tasks {list(job.eval.tasks)}; {len(done)} already done in {results_dir}")
+
+    sweep_seconds = None
+    if not args.fit_only and len(done) < len(expected):
+        cmd = [sys.executable, "-m", "scylla.run", "-m", "sweep=grid", f"experiment={args.experiment}", *args.overrides]
+        if args.launcher != "basic":
+            cmd.append(f"hydra/launcher={args.launcher}")
+        _log("$ " + " ".join(cmd))
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd)
+        sweep_seconds = time.perf_counter() - t0
+        if code != 0:
+            print(f"scylla-study: error: the sweep failed (exit {code}); re-run the same command to resume it "
+                  "(finished jobs are kept and skipped)", file=sys.stderr)
+            return code
+
+    from scylla.fit.cli import fit_results
+    from scylla.fit.core import FitError
+    from scylla.results import load
+
+    paths = [results_dir / f"{rid}.json" for rid in expected if (results_dir / f"{rid}.json").is_file()]
+    missing = len(expected) - len(paths)
+    if not paths:
+        print(f"scylla-study: error: no records of this study in {results_dir}; run it without --fit-only",
+              file=sys.stderr)
+        return 1
+    if missing:
+        _log(f"warning: {missing} of {len(expected)} jobs have no record yet; fitting the {len(paths)} there are")
+    frame = load(paths)
+
+    # Write into a fresh folder next to the old one, then swap: a failed fit loses no earlier study.
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    export_table(frame, staging / "results.csv")
+    pooled = frame.assign(task="all")
+    _log(f"fitting {len(frame)} rows per task and pooled ({args.n_bootstrap} bootstrap resamples)")
+    try:
+        fit_results(pd.concat([frame, pooled], ignore_index=True), staging / "fit", n_bootstrap=args.n_bootstrap)
+    except FitError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"scylla-study: error: the fit failed: {exc}", file=sys.stderr)
+        return 2
+    command = "make study" if args.name == "reference" and not args.overrides else \
+        "python -m scylla.study " + " ".join([f"--name {args.name}", *args.overrides])
+    settings = {
+        "target": f"{job.target.name} (d_model {job.target.d_model}, {job.target.n_layers} layers, "
+                  f"{job.target.tokens:,} tokens)",
+        "drafts": ", ".join(axes.drafts), "token budgets": ", ".join(f"{t:,}" for t in axes.tokens),
+        "batch sizes": ", ".join(map(str, axes.batch_sizes)), "tasks": ", ".join(job.eval.tasks),
+        "gamma (draft LMs)": job.decode.gamma, "prompts per task": job.eval.n_prompts,
+        "prompt tokens": job.eval.prompt_tokens, "new tokens per prompt": job.decode.max_new_tokens,
+        "temperature": job.decode.temperature, "jobs with records": f"{len(paths)} of {len(expected)}",
+    }
+    write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    llama = frame[frame["family"] == "llama"]
+    if not llama.empty:
+        from scylla.demo import summary_table
+
+        print(summary_table(llama))
+    _log(f"wrote {out}/report.md, results.csv and fit/ (per task and task=all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
