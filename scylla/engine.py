@@ -11,7 +11,7 @@ of every speedup runs through the same machinery. Each step:
 Rows accept different numbers of tokens (ragged acceptance). Instead of re-running or re-padding
 the prefix, each KV cache keeps a per-slot validity mask: rejected slots stay in the cache but are
 hidden by the attention mask (the gpt-fast idea, expressed through the public ``transformers``
-forward API: ``input_ids``, ``attention_mask``, ``position_ids``, ``past_key_values``). Trailing
+forward API: ``input_ids``, ``attention_mask``, ``position_ids`` and the KV cache, see `scylla.hf_compat`). Trailing
 slots invalid for every row are cropped, and the cache is compacted when holes pile up.
 
 Counters follow DESIGN.md; ``tau = 1 + accepted / steps`` includes the bonus/correction token.
@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
+
+from scylla.hf_compat import cache_kwarg, output_cache
 
 __all__ = ["DecodeStats", "SpeculativeOutput", "speculative_generate", "check_compatible"]
 
@@ -162,11 +164,12 @@ class _CachedLM:
             input_ids=tokens,
             attention_mask=attention_mask,
             position_ids=pos,
-            past_key_values=self.cache,
             use_cache=True,
+            **cache_kwarg(self.model, self.cache),
         )
-        if out.past_key_values is not None:
-            self.cache = out.past_key_values
+        returned = output_cache(out)
+        if returned is not None:
+            self.cache = returned
         self.valid = torch.cat([self.valid, valid], dim=1)
         self.next_pos = self.next_pos + valid.long().sum(1)
         self.forwards += 1

@@ -36,12 +36,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaCo
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicLayer
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb, eager_attention_forward)
 
+from .hf_compat import CACHE_NAME, causal_mask
 from .models import ModelSpec
 
 __all__ = ["MTPConfig", "MTPForCausalLM", "MTPOutput", "FusedHeads", "build_mtp", "mtp_factory", "trunk_layers_for",
@@ -83,7 +83,11 @@ class MTPOutput(ModelOutput):
     head_logits: tuple[torch.Tensor, ...] | None = None
     head_losses: torch.Tensor | None = None
     next_token_loss: torch.Tensor | None = None
-    past_key_values: Any = None
+    # The KV cache, under the field name of this transformers release (``cache`` from 5.24 on).
+    if CACHE_NAME == "cache":
+        cache: Any = None
+    else:
+        past_key_values: Any = None
 
 
 class MTPPreTrainedModel(PreTrainedModel):
@@ -92,7 +96,7 @@ class MTPPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mtp"
     supports_gradient_checkpointing = False
     _no_split_modules = ["LlamaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_sdpa = True
     _supports_attention_backend = True
 
@@ -149,13 +153,13 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past)[None, :]
         if isinstance(mask, str):
-            mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      past_key_values=past_key_values, position_ids=position_ids)
+            mask = causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               cache=past_key_values, position_ids=position_ids)
         rope = self.rotary_emb(inputs_embeds, position_ids=position_ids)
         z = inputs_embeds
         for layer in self.layers:
             z = layer(z, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache)
+                      use_cache=use_cache, **{CACHE_NAME: past_key_values})
         return z, mask, rope, past_key_values
 
     # -- training / reference forward ----------------------------------------------------------------
@@ -171,6 +175,7 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         n_heads: int | None = None,
         return_head_logits: bool = False,
+        cache: Any = None,
         **kwargs: Any,
     ) -> MTPOutput:
         """Run the trunk and the first ``n_heads`` heads (default all) through their own layers.
@@ -179,6 +184,10 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
         many heads. ``logits_to_keep`` (as in HF) limits head-1 logits to the last positions when no
         labels are given (what ``generate`` asks for).
         """
+        if cache is not None:  # the transformers >= 5.24 name of past_key_values
+            if past_key_values is not None:
+                raise ValueError("pass the KV cache as cache or as past_key_values, not both")
+            past_key_values = cache
         n_heads = self.n_future if n_heads is None else n_heads
         if not 1 <= n_heads <= self.n_future:
             raise ValueError(f"n_heads={n_heads} is outside 1..n_future={self.n_future}")
@@ -189,7 +198,7 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
         head_logits: list[torch.Tensor] = []
         for i, head in enumerate(self.heads[:n_heads]):
             h = head(z, attention_mask=mask, position_embeddings=rope, position_ids=position_ids,
-                     past_key_values=past_key_values, use_cache=use_cache)
+                     use_cache=use_cache, **{CACHE_NAME: past_key_values})
             if i == 0 or want_all:
                 h = self.norm(h)
                 if labels is None and logits_to_keep and i == 0 and not return_head_logits:
@@ -205,7 +214,7 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
             head_logits=tuple(head_logits) if want_all else None,
             head_losses=head_losses,
             next_token_loss=head_losses[0] if head_losses is not None else None,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_NAME: past_key_values if use_cache else None},
         )
 
     @staticmethod
