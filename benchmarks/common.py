@@ -33,12 +33,12 @@ def bench_context(overrides: list[str] | None = None) -> Any:
 def bench_pair(n_prompts: int = 32, prompt_tokens: int = 64) -> tuple[Any, Any, list[list[int]]]:
     """(target, draft, code-task prompts): trained on first use, cached afterwards."""
     from scylla.data import eval_prompts
-    from scylla.pipeline import build_draft, build_target
+    from scylla.pipeline import build_target, draft_family
 
     budgets = "[" + ",".join(map(str, BENCH_DRAFT_BUDGETS)) + "]"
     ctx = bench_context([f"draft={BENCH_DRAFT}", f"draft.tokens={BENCH_DRAFT_TOKENS}", f"draft.token_budgets={budgets}",
                          "logger=none"])
     ctx.target = build_target(ctx)
-    draft = build_draft(ctx)
+    draft = draft_family("llama").build(ctx)
     prompts = eval_prompts("code", ctx.tokenizer, n_prompts, prompt_tokens, seed=0)
     return ctx.target.model, draft.model, prompts

@@ -1,7 +1,8 @@
 """Content-hashed checkpoint cache, provenance, and loading that never unpickles.
 
 A checkpoint is a folder: the model's ``save_pretrained`` output (safetensors), the tokenizer it was
-trained with, and ``provenance.json`` (model spec, train config, exact tokens seen, corpus manifest
+trained with, ``corpus_manifest.json`` (every document id and sha256 of its training corpora, so two
+runs' data can be diffed file by file), and ``provenance.json`` (model spec, train config, exact tokens seen, corpus manifest
 hash, tokenizer fingerprint, code version, validation loss). Its name ends in a hash of everything
 that determines its weights, so any job asking for the same thing finds and reuses it. A folder is
 complete only once ``provenance.json`` exists: it is written last and folders are published by an
@@ -79,8 +80,9 @@ def read_provenance(folder: str | Path) -> dict[str, Any]:
 
 
 def save_checkpoint(model: torch.nn.Module, folder: str | Path, provenance: dict[str, Any],
-                    tokenizer: Any | None = None) -> Path:
-    """Write model (+ tokenizer) + provenance into a temporary folder, then publish it atomically.
+                    tokenizer: Any | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write model (+ tokenizer, + ``extra_files`` name -> text) + provenance into a temporary folder,
+    then publish it atomically.
 
     Uses the model's ``save_pretrained`` when it has one (safetensors), else ``model.safetensors``.
     If another process published the same folder first, its copy is kept (same key = same content).
@@ -104,6 +106,8 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, provenance: dict
             save_model(model, str(tmp / "model.safetensors"))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         cls = type(model)
         record = {"format": FORMAT, "model_class": f"{cls.__module__}.{cls.__qualname__}",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
@@ -176,16 +180,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _state_files(prefix: Path, tag: str) -> tuple[Path, Path]:
+    return (prefix.with_name(f"{prefix.name}.{tag}.model.safetensors"),
+            prefix.with_name(f"{prefix.name}.{tag}.optim.safetensors"))
+
+
 def save_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      meta: dict[str, Any]) -> None:
-    """Weights, optimizer moments and a JSON ``meta`` under ``prefix`` (+ .model/.optim.safetensors,
-    .json). The JSON is written last, so a reader that finds it finds complete tensor files."""
+    """Weights, optimizer moments and a JSON ``meta`` under ``prefix``.
+
+    The tensors go to new files named by a fresh tag; the JSON, which names that tag, is published last
+    by an atomic rename, and only then are the previous tag's files removed. A kill at any instant thus
+    leaves the JSON pointing at one complete, consistent (weights, moments, step) triple: overwriting
+    the tensor files in place could pair new weights with an old step."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
-    model_tmp = prefix.with_name(f".{prefix.name}.model.{tag}")
-    optim_tmp = prefix.with_name(f".{prefix.name}.optim.{tag}")
-    save_model(model, str(model_tmp))
+    model_path, optim_path = _state_files(prefix, tag)
+    save_model(model, str(model_path))
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -195,11 +207,20 @@ def save_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torc
                 tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
             else:
                 scalars.setdefault(str(idx), {})[name] = value
-    save_file(tensors, str(optim_tmp))
-    os.replace(model_tmp, f"{prefix}.model.safetensors")
-    os.replace(optim_tmp, f"{prefix}.optim.safetensors")
-    record = {"meta": meta, "param_groups": sd["param_groups"], "scalars": scalars, "tag": tag}
+    save_file(tensors, str(optim_path))
+    record = {"meta": meta, "param_groups": sd["param_groups"], "scalars": scalars, "tag": tag,
+              "files": [model_path.name, optim_path.name]}
     _atomic_write_text(Path(f"{prefix}.json"), json.dumps(record, default=float))
+    _remove_state_files(prefix, keep={model_path.name, optim_path.name})
+
+
+def _remove_state_files(prefix: Path, keep: set[str] = frozenset()) -> None:
+    """Tensor files of earlier saves (and of saves killed before their JSON was published)."""
+    for path in prefix.parent.glob(f"{prefix.name}.*.safetensors"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    for path in prefix.parent.glob(f".{prefix.name}.*"):  # temporaries of older scylla versions
+        path.unlink(missing_ok=True)
 
 
 def read_train_state_meta(prefix: str | Path) -> dict[str, Any] | None:
@@ -212,10 +233,14 @@ def read_train_state_meta(prefix: str | Path) -> dict[str, Any] | None:
 def load_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      device: torch.device | str | None = None) -> dict[str, Any]:
     """Restore what `save_train_state` wrote into ``model`` and ``optimizer``; returns ``meta``."""
+    prefix = Path(prefix)
     record = json.loads(Path(f"{prefix}.json").read_text())
-    missing, unexpected = load_model(model, f"{prefix}.model.safetensors", strict=True,
-                                     device=str(device or "cpu"))
-    tensors = load_file(f"{prefix}.optim.safetensors", device=str(device or "cpu"))
+    if "files" in record:
+        model_path, optim_path = (prefix.with_name(name) for name in record["files"])
+    else:  # written before states were tagged
+        model_path, optim_path = Path(f"{prefix}.model.safetensors"), Path(f"{prefix}.optim.safetensors")
+    load_model(model, str(model_path), strict=True, device=str(device or "cpu"))
+    tensors = load_file(str(optim_path), device=str(device or "cpu"))
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, _, name = key.partition(".")
@@ -227,5 +252,7 @@ def load_train_state(prefix: str | Path, model: torch.nn.Module, optimizer: torc
 
 
 def remove_train_state(prefix: str | Path) -> None:
-    for suffix in (".json", ".model.safetensors", ".optim.safetensors"):
-        Path(f"{prefix}{suffix}").unlink(missing_ok=True)
+    """Drop a state once its checkpoint is published (JSON first, so no reader finds missing files)."""
+    prefix = Path(prefix)
+    Path(f"{prefix}.json").unlink(missing_ok=True)
+    _remove_state_files(prefix)

@@ -39,6 +39,8 @@ __all__ = [
     "validate",
     "to_plain_dict",
     "scrub_secrets",
+    "secret_overrides",
+    "is_secret_key",
     "identity",
     "config_hash",
 ]
@@ -159,6 +161,9 @@ class DraftConfig:
     tokens: int = 2_000_000
     token_budgets: Optional[list[int]] = None
     k: Optional[int] = None
+    # family=mtp: take the n-1 extra head layers out of the trunk (Gloeckle et al.'s parameter-matched
+    # comparison) instead of adding them on top of an n_layers-deep next-token model.
+    parameter_matched: bool = False
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "draft.name", "must be a non-empty string")
@@ -176,8 +181,14 @@ class DraftConfig:
         if self.family == "mtp":
             _check(self.k is not None and self.k >= 2, "draft.k",
                    f"family=mtp needs k >= 2 prediction heads, got {self.k!r}")
+            if self.parameter_matched:
+                _check(self.n_layers - self.k >= 0, "draft.parameter_matched",
+                       f"removing k-1={self.k - 1} layers leaves no trunk in n_layers={self.n_layers}; "
+                       f"use n_layers >= k or parameter_matched=false")
         else:
             _check(self.k is None, "draft.k", f"is only used by family=mtp; set it to null (got {self.k})")
+            _check(not self.parameter_matched, "draft.parameter_matched",
+                   "is only used by family=mtp; set it to false")
 
     def to_spec(self, vocab_size: int) -> Any:
         """The `scylla.models.ModelSpec` of this draft (its trunk, for family=mtp)."""
@@ -527,16 +538,32 @@ def _hydra_message(err: Exception) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Plain dicts, secrets and the record key
 
-# A key *named* like a credential (api_key, hf_token, secret, password, ...), not one merely
-# containing the word (tokens, tokenizer_fingerprint, max_new_tokens are settings).
-_SECRET_KEY = re.compile(r"(^|[_-])(api[_-]?key|token|secret|password|passwd|credentials?|auth)$", re.IGNORECASE)
+# A key *named* like a credential (api_key, hf_token, secret, password, private_key, ...), not one
+# merely containing the word (tokens, tokenizer_fingerprint, max_new_tokens are settings).
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(api[_-]?key|(private|secret|access|ssh|signing)[_-]?key|token|secret|password|passwd|passphrase"
+    r"|credentials?|auth|authorization|bearer|cookie)$", re.IGNORECASE)
 # Environment variables holding credentials: WANDB_API_KEY, HF_TOKEN, AWS_SECRET_ACCESS_KEY, ...
-_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$|SECRET", re.IGNORECASE)
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIALS?)$|SECRET", re.IGNORECASE)
+# user:password@ in a URL (a database or proxy address pasted into a setting).
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 REDACTED = "<redacted>"
 
 
+def _secret_env() -> dict[str, str]:
+    """Secret-looking environment variables (name -> value), longest values first so that a secret
+    containing another one is removed whole."""
+    found = {k: v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[1])))
+
+
 def _secret_values() -> list[str]:
-    return [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8]
+    return list(_secret_env().values())
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a key named like a credential (``api_key``, ``WANDB_API_KEY``, ``hf_token``)."""
+    return _SECRET_KEY.search(key) is not None
 
 
 def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
@@ -548,7 +575,7 @@ def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if isinstance(k, str) and _SECRET_KEY.search(k) and v is not None \
+            if isinstance(k, str) and is_secret_key(k) and v is not None \
                     and not isinstance(v, (dict, list, bool, int, float)):
                 out[k] = REDACTED
             else:
@@ -560,8 +587,28 @@ def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
         for secret in values:
             if secret in obj:
                 obj = obj.replace(secret, REDACTED)
-        return obj
+        return _URL_PASSWORD.sub(rf"\1{REDACTED}@", obj)
     return obj
+
+
+def secret_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides that carry a credential: a secret-named key (``+logger.api_key=..``,
+    ``hydra.job.env_set.WANDB_API_KEY=..``) or the value of a secret environment variable.
+
+    ``scylla-run`` refuses them before Hydra starts, because Hydra copies every override into
+    ``.hydra/overrides.yaml``, ``multirun.yaml`` and its logs, and wandb records the command line."""
+    env = _secret_env()
+    bad = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        last = re.split(r"[./]", key.lstrip("+~"))[-1]
+        if sep and value and is_secret_key(last):
+            bad.append(f"{key}=... (a credential-named key)")
+        else:
+            names = [name for name, secret in env.items() if secret in arg]
+            if names:
+                bad.append(f"{key}{sep}... (holds the value of ${names[0]})")
+    return bad
 
 
 def to_plain_dict(cfg: DictConfig | ScyllaConfig) -> dict[str, Any]:

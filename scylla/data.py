@@ -2,9 +2,10 @@
 
 Every corpus is a list of *documents* (a source file, a scene of a play, a chapter of the Bible), so
 the train / validation / evaluation split is by document: no text that a model was trained on can
-reappear in the prompts that measure its acceptance. Each corpus carries a manifest of
-(document id, sha256) and a hash of it; results record the hash so runs on different machines (with a
-different Python standard library, say) are known to be comparable or not.
+reappear in the prompts that measure its acceptance. A document's split depends on its own text alone,
+so a model trained on a capped subset (``max_docs``) is still evaluated on prompts it never saw. Each
+corpus carries a manifest of (document id, sha256) and a hash of it; results record the hash so runs
+on different machines (with a different Python standard library, say) are known to be comparable or not.
 
 Registry (`load_corpus(name)`):
 
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 SPLITS = ("train", "validation", "eval")
+# Bump when the split rule changes, so cached tokenizers, token streams and checkpoints are not reused.
+SPLIT_VERSION = 2
 
 # Folders of the standard library that are tests, third-party installs, machine-specific or generated
 # tables rather than code a person wrote; they would skew the "code" task or make manifests differ.
@@ -59,10 +62,14 @@ class Document:
 class Corpus:
     """A named set of documents with deterministic, seeded, document-level splits.
 
-    Splits: documents are ordered by a seeded hash of their id (so adding a document elsewhere does not
-    reshuffle the others), then the first ``validation_fraction`` go to validation, the next
-    ``eval_fraction`` to evaluation prompts, the rest to training. Each of validation and eval gets at
-    least one document. Documents with identical text are kept once, so no text sits in two splits.
+    Splits: each document's split is a function of its own text alone (its sha256), never of which
+    other documents are present, so a capped subset (``max_docs``) or a grown folder never moves a
+    held-out document into training. A document is an *eval* (prompt) document when an unseeded hash
+    of its text falls below ``eval_fraction``: the prompt set stays fixed across split seeds and
+    validation fractions, so no training configuration with ``eval_fraction >= 0.05`` can train on the
+    default task prompts. Of the rest, a seeded hash picks ``validation_fraction`` of all documents for
+    validation; the others train. Tiny corpora that would leave validation or eval empty move the
+    first training documents (by hash) there. Identical texts are kept once (no text in two splits).
     """
 
     name: str
@@ -106,24 +113,34 @@ class Corpus:
 
     @cached_property
     def split_ids(self) -> dict[str, list[str]]:
-        def key(doc_id: str) -> str:
-            return hashlib.sha256(f"{self.seed}:{doc_id}".encode()).hexdigest()
+        def unit(salt: str, digest: str) -> float:
+            return int(hashlib.sha256(f"{salt}:{digest}".encode()).hexdigest()[:15], 16) / 16**15
 
-        ordered = sorted((d.doc_id for d in self.documents), key=key)
-        n = len(ordered)
-        n_val = max(1, round(self.validation_fraction * n))
-        n_eval = max(1, round(self.eval_fraction * n))
-        n_eval = min(n_eval, n - n_val - 1)
-        return {
-            "validation": ordered[:n_val],
-            "eval": ordered[n_val : n_val + n_eval],
-            "train": ordered[n_val + n_eval :],
-        }
+        # Keyed by content, not id: two copies of one text (kept once, under whichever id comes first in
+        # the collection at hand) land in the same split in every subset.
+        eval_key = {d.doc_id: unit("eval", d.sha256) for d in self.documents}
+        val_key = {d.doc_id: unit(str(self.seed), d.sha256) for d in self.documents}
+        ids = sorted(eval_key)
+        ev = [i for i in ids if eval_key[i] < self.eval_fraction]
+        held = set(ev)
+        # validation_fraction is of all documents; it is drawn from the non-eval ones.
+        val_cut = self.validation_fraction / (1 - self.eval_fraction)
+        val = [i for i in ids if i not in held and val_key[i] < val_cut]
+        held |= set(val)
+        train = [i for i in ids if i not in held]
+        # Tiny corpora: take a held-out document from training (never from the other held-out split).
+        if not ev:
+            ev = [min(train, key=eval_key.__getitem__)]
+            train.remove(ev[0])
+        if not val:
+            val = [min(train, key=val_key.__getitem__)]
+            train.remove(val[0])
+        return {"validation": val, "eval": ev, "train": train}
 
     @cached_property
     def split_fingerprint(self) -> str:
         """Hash of the manifest and split settings: what a token cache or checkpoint depends on."""
-        payload = f"{self.manifest_hash}:{self.seed}:{self.validation_fraction}:{self.eval_fraction}"
+        payload = f"{self.manifest_hash}:{self.seed}:{self.validation_fraction}:{self.eval_fraction}:{SPLIT_VERSION}"
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def split(self, name: str) -> list[str]:

@@ -19,8 +19,12 @@ Counters follow DESIGN.md; ``tau = 1 + accepted / steps`` includes the bonus/cor
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
@@ -39,6 +43,13 @@ class DecodeStats:
     so ``tau = 1 + accepted / steps`` is the tokens a row gains per target forward (bonus token
     included; 1.0 for plain decoding). The prefill forward, which emits each row's first token, is
     counted in ``target_forwards`` but is not a step.
+
+    ``drafted`` counts the draft positions the target judged inside each row's sequence: a row near
+    ``max_new_tokens`` judges fewer than ``gamma``, and when an accepted draft token is the row's EOS,
+    the positions after it are past the sequence's end and not counted. So without EOS,
+    ``generated_tokens == n_prompts + steps + accepted`` exactly (prefill token, then per step the
+    accepted tokens plus one correction/bonus token); each row whose EOS is an accepted draft token
+    emits one token fewer than that (no correction follows its EOS).
     """
 
     gamma: int
@@ -90,6 +101,11 @@ class DecodeStats:
 
     def merge(self, other: "DecodeStats") -> None:
         """Add the counters of another chunk of prompts (same gamma and temperature)."""
+        if (other.gamma, other.temperature) != (self.gamma, self.temperature):
+            raise ValueError(
+                f"cannot merge stats of gamma={other.gamma}, temperature={other.temperature} into "
+                f"gamma={self.gamma}, temperature={self.temperature}: per-position counters would not line up"
+            )
         for name in ("drafted", "accepted", "steps", "target_forwards", "draft_forwards", "generated_tokens",
                      "_prefill_forwards"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -141,6 +157,15 @@ def check_compatible(target: torch.nn.Module, draft: torch.nn.Module | None) -> 
         )
 
 
+@lru_cache(maxsize=None)
+def _takes_logits_to_keep(cls: type) -> bool:
+    """Whether ``cls.forward`` can skip the unembedding of all but the last position."""
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class _CachedLM:
     """A causal LM plus its KV cache, with per-slot validity so ragged rows share one cache.
 
@@ -155,17 +180,20 @@ class _CachedLM:
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.forwards = 0
 
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens`` [B, W] (``valid`` marks real ones) and return float logits [B, W, V]."""
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Append ``tokens`` [B, W] (``valid`` marks real ones) and return float logits [B, W, V]
+        (``[B, 1, V]`` with ``last_only``: a long prefill then never materialises W x V logits)."""
         pos = self.next_pos[:, None] + valid.long().cumsum(1) - 1
         pos = pos.clamp_min(0)
         attention_mask = torch.cat([self.valid, valid], dim=1).long()
+        extra = {"logits_to_keep": 1} if last_only and _takes_logits_to_keep(type(self.model)) else {}
         out = self.model(
             input_ids=tokens,
             attention_mask=attention_mask,
             position_ids=pos,
             use_cache=True,
             **cache_kwarg(self.model, self.cache),
+            **extra,
         )
         returned = output_cache(out)
         if returned is not None:
@@ -173,7 +201,8 @@ class _CachedLM:
         self.valid = torch.cat([self.valid, valid], dim=1)
         self.next_pos = self.next_pos + valid.long().sum(1)
         self.forwards += 1
-        return out.logits.float()
+        logits = out.logits
+        return (logits[:, -1:] if last_only else logits).float()
 
     def keep_last(self, width: int, keep: torch.Tensor) -> None:
         """Of the last ``width`` slots, keep those where ``keep`` [B, width] is set; hide the rest."""
@@ -222,6 +251,15 @@ class _CachedLM:
         self.valid = self.valid.gather(1, order)
 
 
+def _is_int(x: Any) -> bool:
+    """Python or numpy integers (Hydra and numpy sweeps hand both), but not bools."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _max_positions(model: torch.nn.Module | None) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def _validate(
     target: torch.nn.Module,
     draft: torch.nn.Module | None,
@@ -230,15 +268,17 @@ def _validate(
     max_new_tokens: int,
     temperature: float,
     batch_size: int | None,
+    eos_token_id: int | None = None,
 ) -> None:
-    if not isinstance(gamma, int) or gamma < 0:
+    """Reject bad arguments up front with one message each, before any forward runs."""
+    if not _is_int(gamma) or gamma < 0:
         raise ValueError(f"gamma must be an integer >= 0 (0 = plain decoding), got {gamma!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1 (or None for all prompts at once), got {batch_size!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if len(prompts) == 0:
         raise ValueError("prompts is empty; pass at least one prompt (a list of token ids)")
     vocab = _vocab_size(target)
@@ -247,14 +287,21 @@ def _validate(
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token (e.g. a BOS token)")
         if min(p) < 0 or max(p) >= vocab:
             raise ValueError(f"prompt {i} has token ids outside the target vocabulary [0, {vocab})")
+    if eos_token_id is not None and (not _is_int(eos_token_id) or not 0 <= eos_token_id < vocab):
+        raise ValueError(f"eos_token_id must be a token id in [0, {vocab}) or None, got {eos_token_id!r}")
     check_compatible(target, draft)
-    limit = getattr(getattr(target, "config", None), "max_position_embeddings", None)
+    if draft is not None and gamma > 0:
+        dev_t, dev_d = next(target.parameters()).device, next(draft.parameters()).device
+        if dev_t != dev_d:
+            raise ValueError(f"draft is on {dev_d} but target is on {dev_t}; move both to one device")
     longest = max(len(p) for p in prompts) + max_new_tokens + gamma
-    if limit is not None and longest > limit:
-        raise ValueError(
-            f"longest prompt + max_new_tokens + gamma = {longest} exceeds the target's "
-            f"max_position_embeddings={limit}; shorten prompts or lower max_new_tokens"
-        )
+    for role, model in (("target", target), ("draft", draft if gamma > 0 else None)):
+        limit = _max_positions(model)
+        if limit is not None and longest > limit:
+            raise ValueError(
+                f"longest prompt + max_new_tokens + gamma = {longest} exceeds the {role}'s "
+                f"max_position_embeddings={limit}; shorten prompts or lower max_new_tokens"
+            )
 
 
 def _sync(device: torch.device) -> None:
@@ -286,12 +333,14 @@ def speculative_generate(
         temperature: 0 is greedy verification; > 0 is rejection-sampling verification.
         batch_size: rows decoded together (``None``: all prompts at once).
         eos_token_id: a row stops after emitting it.
-        seed: seeds the sampler (temperature > 0).
+        seed: seeds the sampler (temperature > 0); ``None`` means seed 0, so runs are reproducible.
 
     Returns:
         ``.sequences`` (generated ids per prompt, prompt excluded, input order) and ``.stats``.
     """
-    _validate(target, draft, prompts, gamma, max_new_tokens, temperature, batch_size)
+    _validate(target, draft, prompts, gamma, max_new_tokens, temperature, batch_size, eos_token_id)
+    gamma, max_new_tokens = int(gamma), int(max_new_tokens)
+    batch_size = None if batch_size is None else int(batch_size)
     if draft is None:
         gamma = 0
     device = next(target.parameters()).device
@@ -355,9 +404,9 @@ def _generate_chunk(
     tgt = _CachedLM(target, n, device)
     drf = _CachedLM(draft, n, device) if draft is not None else None
     t0 = time.perf_counter()
-    logits = tgt.forward(tokens, valid)[:, -1]
+    logits = tgt.forward(tokens, valid, last_only=True)[:, -1]
     if drf is not None:
-        drf.forward(tokens, valid)  # the draft needs the prompt in its cache; its logits are unused
+        drf.forward(tokens, valid, last_only=True)  # the draft needs the prompt in its cache; logits unused
     cur, _ = _pick(logits, temperature, generator)
     _sync(device)
     stats.prefill_seconds += time.perf_counter() - t0
@@ -405,7 +454,7 @@ def _generate_chunk(
             for b, p in enumerate(pending):
                 block[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 bvalid[b, width - len(p) :] = True
-            d_logits = drf.forward(block, bvalid)[:, -1]
+            d_logits = drf.forward(block, bvalid, last_only=True)[:, -1]
             proposals = []
             ones = torch.ones(batch, 1, dtype=torch.bool, device=device)
             for k in range(g):
@@ -468,24 +517,30 @@ def _generate_chunk(
         for b, orig in enumerate(rows):
             n_b, gb = n_list[b], row_gamma[b]
             emitted = d_list[b][:n_b] + [nxt_list[b]]
-            counted = n_b
+            counted, judged = n_b, gb
             if eos_token_id is not None and eos_token_id in emitted:
                 e = emitted.index(eos_token_id)
                 emitted = emitted[: e + 1]
-                counted = min(n_b, e + 1)
+                if e < n_b:
+                    # EOS was an accepted draft token: the sequence ends there, so later draft positions
+                    # lie past its end and count as neither drafted, reached nor accepted (as positions
+                    # past max_new_tokens do). Counting them as rejected would bias alpha and alpha_n down.
+                    counted = judged = e + 1
             out[orig].extend(emitted)
             generated[orig] += len(emitted)
-            stats.prompt_drafted[orig] += gb
+            stats.prompt_drafted[orig] += judged
             stats.prompt_accepted[orig] += counted
             stats.prompt_steps[orig] += 1
-            for k in range(min(counted + 1, gb)):
+            for k in range(min(counted + 1, judged)):
                 stats.reached_per_position[k] += 1
             for k in range(counted):
                 stats.accepted_per_position[k] += 1
             if g > 0:
                 new_pending.append(([d_list[b][g - 1]] if n_b == g else []) + [nxt_list[b]])
-            else:
+            elif drf is not None:
                 new_pending.append(pending[b] + [nxt_list[b]])
+            else:
+                new_pending.append([])  # plain decoding: no draft to feed (avoids a list growing per step)
             finished_mask.append(
                 generated[orig] >= max_new_tokens or (eos_token_id is not None and emitted[-1] == eos_token_id)
             )

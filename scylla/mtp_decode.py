@@ -8,10 +8,11 @@ that position draft the next block. So every forward both verifies and drafts; `
 decoding (one forward per token after the prefill).
 
 Verification is lossless: greedy keeps a guess iff it equals head 1's argmax; at temperature > 0,
-guess ``d_j`` was sampled from head j's distribution ``q_j`` (independently of the other guesses,
-given the context), so the rule of Leviathan et al. applies position by position: keep with
-probability ``min(1, p(d_j) / q_j(d_j))``, at the first rejection sample from
-``normalize(max(0, p - q_j))``. The output is distributed exactly as head 1's own sampling.
+guess ``d_j`` was sampled from head j's distribution ``q_j`` independently of head 1's token and of
+the other guesses, so given all verification has seen before position j it is still distributed as
+``q_j``, and the rule of Leviathan et al. applies position by position: keep with probability
+``min(1, p(d_j) / q_j(d_j))``, at the first rejection sample from ``normalize(max(0, p - q_j))``, and
+the bonus from ``p``. The output is distributed exactly as head 1's own sampling (docs/mtp.md).
 
 The loop mirrors `scylla.engine.speculative_generate` (the same cache with per-slot validity, ragged
 acceptance, per-row EOS and max_new_tokens, finished rows leaving the batch) and fills the same
@@ -21,12 +22,15 @@ acceptance, per-row EOS and max_new_tokens, finished rows leaving the batch) and
 - ``accepted_per_position[j]`` / ``reached_per_position[j]``: head ``j + 2`` (chain acceptance),
 - ``steps``: row-steps (one per row per verifying forward), ``tau = 1 + accepted / steps`` = tokens
   per forward, bonus/correction included,
+- a row is offered only the guesses it may still emit; guesses after a kept EOS are past the
+  sequence's end and count as neither drafted, reached nor accepted (as in the engine),
 - ``target_forwards``: model forwards including the prefill; ``draft_forwards = 0`` and
   ``draft_seconds = 0`` (drafting has no forward of its own: its cost is inside ``verify_seconds``).
 """
 
 from __future__ import annotations
 
+import numbers
 import statistics
 import time
 from dataclasses import dataclass
@@ -69,15 +73,20 @@ class _CachedMTP(_CachedLM):
         return h
 
 
-def _check_model(model: Any, k: int) -> None:
+def _check_model(model: Any, k: int, eos_token_id: int | None = None) -> None:
+    """Reject a model without heads, a bad k or a bad EOS id before any forward runs."""
     if not isinstance(model, MTPForCausalLM):
         raise TypeError(f"self-speculative decoding needs a scylla.mtp.MTPForCausalLM (a model with future-token "
                         f"heads), got {type(model).__name__}; for a separate draft model use "
                         "scylla.engine.speculative_generate")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (heads used; 1 = plain decoding), got {k!r}")
     if k > model.n_future:
         raise ValueError(f"k={k} exceeds the model's n_future={model.n_future} heads; use 1 <= k <= {model.n_future}")
+    vocab = model.config.vocab_size
+    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral)
+                                     or not 0 <= eos_token_id < vocab):
+        raise ValueError(f"eos_token_id must be a token id in [0, {vocab}) or None, got {eos_token_id!r}")
 
 
 @torch.inference_mode()
@@ -102,13 +111,15 @@ def self_speculative_generate(
         temperature: 0 is greedy verification, > 0 lossless rejection sampling.
         batch_size: rows decoded together (``None``: all prompts at once).
         eos_token_id: a row stops after emitting it.
-        seed: seeds the sampler (temperature > 0).
+        seed: seeds the sampler (temperature > 0); ``None`` means seed 0, so runs are reproducible.
 
     Returns:
         ``.sequences`` (generated ids per prompt, input order) and ``.stats`` (`DecodeStats`, gamma=k-1).
     """
-    _check_model(model, k)
-    _validate(model, None, prompts, k - 1, max_new_tokens, temperature, batch_size)
+    _check_model(model, k, eos_token_id)
+    _validate(model, None, prompts, int(k) - 1, max_new_tokens, temperature, batch_size)
+    k, max_new_tokens = int(k), int(max_new_tokens)
+    batch_size = None if batch_size is None else int(batch_size)
     device = next(model.parameters()).device
     generator = None
     if temperature > 0:
@@ -274,17 +285,21 @@ def _generate_chunk(
         for b, orig in enumerate(rows):
             n_b, gb = n_list[b], row_gamma[b]
             emitted = d_list[b][:n_b] + [nxt_list[b]]
-            counted = n_b
+            counted, judged = n_b, gb
             if eos_token_id is not None and eos_token_id in emitted:
                 e = emitted.index(eos_token_id)
                 emitted = emitted[: e + 1]
-                counted = min(n_b, e + 1)
+                if e < n_b:
+                    # EOS was a kept guess: the sequence ends there, so the guesses after it lie past
+                    # its end and count as neither drafted, reached nor accepted (as in the engine);
+                    # counting them as rejections would bias alpha and alpha_n down.
+                    counted = judged = e + 1
             out[orig].extend(emitted)
             generated[orig] += len(emitted)
-            stats.prompt_drafted[orig] += gb
+            stats.prompt_drafted[orig] += judged
             stats.prompt_accepted[orig] += counted
             stats.prompt_steps[orig] += 1
-            for j in range(min(counted + 1, gb)):
+            for j in range(min(counted + 1, judged)):
                 stats.reached_per_position[j] += 1
             for j in range(counted):
                 stats.accepted_per_position[j] += 1

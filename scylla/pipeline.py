@@ -231,13 +231,13 @@ def _mtp_draft(ctx: JobContext) -> PreparedModel:
     d = ctx.cfg.draft
     k = int(d.k)
     spec = d.to_spec(ctx.tokenizer.vocab_size)
-    paths = ctx.train("draft", spec, d.budgets, model_factory=mtp_factory(k))
+    paths = ctx.train("draft", spec, d.budgets, model_factory=mtp_factory(k, parameter_matched=d.parameter_matched))
     model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
     info = _model_info(model, prov, paths[d.tokens])
     counts = mtp_parameter_counts(model)
     info.update(name=d.name, family="mtp", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
                 ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, k=k,
-                trunk_layers=counts["trunk_layers"], per_head_params=counts["per_head"])
+                parameter_matched=d.parameter_matched, trunk_layers=counts["trunk_layers"], per_head_params=counts["per_head"])
     ctx.target = PreparedModel(model, {**info, "source": "self (mtp)"})
 
     return PreparedModel(model, info, measure=mtp_measure_fn(k))

@@ -19,12 +19,13 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from scylla.config import ConfigError, config_dir
+from scylla.config import ConfigError, config_dir, scrub_secrets, secret_overrides
 from scylla.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_ENV
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"scylla-run: error: {message}", file=sys.stderr, flush=True)
+    """Print a user error (secrets scrubbed: it may quote a value) and exit without a traceback."""
+    print(f"scylla-run: error: {scrub_secrets(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -43,13 +44,20 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from scylla.pipeline import run_job
+    from scylla.config import validate
 
     hc = HydraConfig.get()
     launcher = OmegaConf.to_container(hc.launcher, resolve=True) if "launcher" in hc else None
     sweep_jobs = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
-    overrides = list(hc.overrides.task)
+    overrides = scrub_secrets(list(hc.overrides.task))
     multirun = hc.mode == RunMode.MULTIRUN
+    try:  # range checks first: a bad value fails in a second, before torch is even imported
+        validate(cfg)
+    except ConfigError as err:
+        _fail(f"{err}\n(job overrides: {' '.join(overrides) or 'none'})")
+        return None
+    from scylla.pipeline import run_job
+
     try:
         outcome = run_job(cfg, launcher=launcher, sweep_jobs=sweep_jobs, overrides=overrides)
     except _user_errors() as err:  # a setting that cannot work: the message says which and how to fix it
@@ -97,6 +105,12 @@ def main() -> None:
         path = config_dir()
     except ConfigError as err:
         _fail(str(err))
+        return
+    bad = secret_overrides(sys.argv[1:])
+    if bad:  # refused before Hydra copies the overrides into .hydra/, multirun.yaml and its logs
+        _fail("credentials are not accepted on the command line: " + ", ".join(bad) + ". Export them as "
+              "environment variables instead (wandb reads WANDB_API_KEY or `wandb login`, the hub HF_TOKEN); "
+              "jobs inherit the environment under every launcher.")
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")

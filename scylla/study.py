@@ -137,7 +137,7 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
     """report.md of a study folder (relative links, so it renders on GitHub)."""
     from scylla.demo import summary_table
 
-    pooled_dir = next(iter(sorted(fit_dir.glob("task=all*"))), fit_dir)
+    pooled_dir = next(iter(sorted(fit_dir.glob("task-all*"))), fit_dir)
     pooled = json.loads((pooled_dir / "fits.json").read_text())
     llama = frame[frame["family"] == "llama"]
     lines = [f"# Scylla reference study: `{out.name}`", "",
@@ -278,7 +278,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from scylla.demo import summary_table
 
         print(summary_table(llama))
-    _log(f"wrote {out}/report.md, results.csv and fit/ (per task and task=all)")
+    _log(f"wrote {out}/report.md, results.csv and fit/ (per task, and task-all pooled over tasks)")
     return 0
 
 

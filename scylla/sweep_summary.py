@@ -57,16 +57,19 @@ def count_jobs(config: DictConfig) -> Optional[int]:
 def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
     """Compose every job and run Scylla's checks; raise `ConfigError` naming the first bad job."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    from scylla.config import ConfigError, validate
+    from scylla.config import ConfigError, _hydra_message, validate
 
     loader = GlobalHydra.instance().config_loader()
     for overrides in jobs:
-        cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
-        try:
+        try:  # an unknown preset or key in a swept value fails here, before any job starts
+            cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
             validate(cfg)
-        except ConfigError as err:
-            raise ConfigError(f"sweep job [{' '.join(overrides)}] is invalid; nothing was launched.\n{err}") from None
+        except (ConfigError, HydraException, OmegaConfBaseException) as err:
+            msg = str(err) if isinstance(err, ConfigError) else _hydra_message(err)
+            raise ConfigError(f"sweep job [{' '.join(overrides)}] is invalid; nothing was launched.\n{msg}") from None
 
 
 def summarize(sweep_dir: str | Path, total: Optional[int] = None) -> dict[str, Any]:
@@ -147,7 +150,9 @@ class SweepSummary(Callback):
                 validate_jobs(config, jobs)
             except ConfigError as err:
                 # Hydra turns callback exceptions into warnings; a bad sweep must not launch at all.
-                print(f"scylla-run: error: {err}", file=sys.stderr, flush=True)
+                from scylla.config import scrub_secrets
+
+                print(f"scylla-run: error: {scrub_secrets(str(err))}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
         n = len(jobs) if jobs else None
         os.environ[SWEEP_START_ENV] = str(time.time())  # inherited by joblib / submitit worker processes

@@ -66,9 +66,12 @@ class WandbTracker(Tracker):
                 os.makedirs(folder, exist_ok=True)
             settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
                                       save_code=False)
+            # Every string that reaches wandb is scrubbed, not only the config (a tag or a group could
+            # be interpolated from the environment).
             self._run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=group or cfg.group, tags=list(cfg.tags) or None,
-                name=name, id=f"{run_id}-{uuid.uuid4().hex[:6]}", job_type=job_type, dir=folder,
+                project=scrub_secrets(cfg.project), entity=scrub_secrets(cfg.entity),
+                group=scrub_secrets(group or cfg.group), tags=scrub_secrets(list(cfg.tags)) or None,
+                name=scrub_secrets(name), id=f"{run_id}-{uuid.uuid4().hex[:6]}", job_type=job_type, dir=folder,
                 mode=resolve_mode(cfg), config=scrub_secrets(json_safe({**config, "run_id": run_id})),
                 settings=settings, reinit="finish_previous",
             )
@@ -79,7 +82,7 @@ class WandbTracker(Tracker):
 
     def _fail(self, what: str, err: BaseException) -> None:
         log.warning("wandb disabled for this job: %s failed (%s: %s); the local record is unaffected",
-                    what, type(err).__name__, err)
+                    what, type(err).__name__, scrub_secrets(str(err)))
         if self._run is not None:
             try:
                 self._run.finish(exit_code=1)
@@ -170,7 +173,8 @@ class WandbTracker(Tracker):
         try:
             self._run.finish(exit_code=exit_code)
         except Exception as err:  # noqa: BLE001
-            log.warning("wandb.finish failed (%s: %s); the local record is unaffected", type(err).__name__, err)
+            log.warning("wandb.finish failed (%s: %s); the local record is unaffected", type(err).__name__,
+                        scrub_secrets(str(err)))
         finally:
             self._run = None
 

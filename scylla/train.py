@@ -43,6 +43,7 @@ from .models import ModelSpec, build_llama, count_parameters, default_device
 from .tokenizer import Tokenizer
 
 ALGO_VERSION = 1  # bump when a change alters trained weights, so old cache entries are not reused
+MANIFEST_FILE = "corpus_manifest.json"  # in every checkpoint folder, next to provenance.json
 BF16_AUTO_MIN_PARAMS = 2_000_000  # on this CPU bf16 autocast pays off from ~2M parameters (bench_train)
 
 
@@ -263,6 +264,13 @@ def _loss(out: Any) -> torch.Tensor:
     return loss
 
 
+def _next_token_loss(out: Any) -> torch.Tensor:
+    """Head-1 loss of a multi-token model (its ``.loss`` sums every head), else ``.loss``: validation
+    losses of MTP models and plain drafts stay comparable."""
+    loss = out.get("next_token_loss") if isinstance(out, dict) else getattr(out, "next_token_loss", None)
+    return loss if loss is not None else _loss(out)
+
+
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, val: dict[str, torch.Tensor], batch_size: int,
                     device: torch.device) -> tuple[float, dict[str, float]]:
@@ -276,7 +284,7 @@ def validation_loss(model: torch.nn.Module, val: dict[str, torch.Tensor], batch_
         for i in range(0, len(chunks), batch_size):
             x = chunks[i : i + batch_size].to(device)
             preds = x.numel() - x.shape[0]
-            s += float(_loss(model(input_ids=x, labels=x))) * preds
+            s += float(_next_token_loss(model(input_ids=x, labels=x))) * preds
             n += preds
         per[name] = s / max(n, 1)
         total, count = total + s, count + n
@@ -418,9 +426,18 @@ class _Run:
         if self.logger is not None:
             self.logger({"phase": "checkpoint", "budget": branch.budget, "tokens": tokens_seen, "val_loss": vl,
                          **{f"val_loss/{k}": v for k, v in per.items()}})
-        path = save_checkpoint(self.model, out_dir, prov, tokenizer=self.tokenizer)
+        path = save_checkpoint(self.model, out_dir, prov, tokenizer=self.tokenizer,
+                               extra_files={MANIFEST_FILE: corpus_manifest_json(self.corpora)})
         remove_train_state(prefix)
         return path
+
+
+def corpus_manifest_json(corpora: Sequence[Corpus]) -> str:
+    """Every document id and sha256 per corpus, with its hashes: the file-level record behind
+    ``corpus_manifest_hash`` (compact JSON: a few hundred kB for the three built-in corpora)."""
+    return json.dumps({c.name: {"manifest_hash": c.manifest_hash, "split_fingerprint": c.split_fingerprint,
+                                "source": c.source, "documents": c.manifest} for c in corpora},
+                      separators=(",", ":"), default=str)
 
 
 def _resolve_corpora(corpus_names: Sequence[str | Corpus] | str | Corpus,

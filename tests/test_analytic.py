@@ -58,3 +58,11 @@ def test_batch_form_reduces_to_leviathan_when_verify_is_free():
 def test_bad_arguments(bad):
     with pytest.raises(ValueError):
         expected_tau(**bad)
+
+
+def test_tau_matches_a_simulated_iid_chain():
+    """The closed form counts the bonus token: simulate i.i.d. acceptance and compare."""
+    rng = np.random.default_rng(0)
+    alpha, gamma, n = 0.6, 4, 200_000
+    accepted = np.cumprod(rng.random((n, gamma)) < alpha, axis=1).sum(1)
+    assert expected_tau(alpha, gamma) == pytest.approx(1 + accepted.mean(), abs=0.01)

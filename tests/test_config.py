@@ -108,12 +108,20 @@ def test_presets_mirror_the_python_presets() -> None:
     ("logger.mode=sometimes", "logger.mode"),
     ("axes.tokens=[0,10]", "axes.tokens"),
     ("draft.tokens=100", "smaller than one training step"),
+    ("draft.parameter_matched=true", "draft.parameter_matched"),
 ])
 def test_bad_overrides_fail_at_compose_time(override: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
         compose([override])
     assert needle in str(info.value)
     assert "Traceback" not in str(info.value)
+
+
+def test_parameter_matched_mtp_needs_a_trunk() -> None:
+    job = validate(compose(["draft=mtp-w64-k4", "draft.parameter_matched=true"]))
+    assert job.draft.parameter_matched and job.draft.k == 4
+    with pytest.raises(ConfigError, match="draft.parameter_matched"):
+        compose(["draft=mtp-w64-k4", "draft.parameter_matched=true", "draft.n_layers=3"])
 
 
 def test_token_must_be_one_of_the_sweep_budgets() -> None:
@@ -127,6 +135,8 @@ def test_token_must_be_one_of_the_sweep_budgets() -> None:
     (["draft=huge"], "draft/huge"),  # Hydra's own check of group options
     (["decode.batch_sizes=[0]"], "decode.batch_sizes: batch sizes must be >= 1"),  # the schema's range check
     (["-m", "decode.gamma=2,-1"], "decode.gamma=-1"),  # one bad job stops the whole sweep before launch
+    (["-m", "draft=tiny1,huge"], "draft/huge"),  # a bad preset among the swept values: also before launch
+    (["-m", "draft.width=1,2"], "draft.width"),  # an unknown key in a swept override
 ])
 def test_cli_rejects_bad_overrides_without_a_traceback(args: list[str], needle: str, python: str,
                                                        subprocess_env: dict, tmp_path: Path) -> None:
@@ -188,3 +198,54 @@ def test_slurm_launcher_preset_is_complete() -> None:
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.timeout_min > 0
     assert launcher.gpus_per_node == 1 and launcher.array_parallelism >= 1 and launcher.cpus_per_task >= 1
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),
+    ("local", "LocalLauncher"), ("submitit_slurm", "SlurmLauncher"), ("slurm", "SlurmLauncher"),
+])
+def test_every_launcher_choice_composes_and_resolves_to_a_launcher(launcher: str, target: str) -> None:
+    from hydra.utils import get_class
+
+    cfg = compose([f"hydra/launcher={launcher}", "sweep=grid", "experiment=smoke"], return_hydra_config=True)
+    node = cfg.hydra.launcher
+    assert node._target_.endswith(target)
+    assert isinstance(get_class(node._target_), type)  # the plugin is installed and importable
+    validate(cfg)
+    threads = resolve_threads(None, OmegaConf.to_container(node, resolve=True), sweep_jobs=4)
+    assert threads >= 1
+
+
+def test_credentials_are_refused_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scylla.config import secret_overrides
+
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-cli-secret-5566778899")
+    bad = secret_overrides(["-m", "sweep=grid", "draft.tokens=1000000", "eval.prompt_tokens=8",
+                            "hydra.job.env_set.WANDB_API_KEY=abc", "+logger.api_key=abc",
+                            "logger.group=run-wandb-cli-secret-5566778899"])
+    assert len(bad) == 3 and all("5566778899" not in b for b in bad)
+    assert "WANDB_API_KEY" in bad[-1]  # names the variable, never the value
+    assert secret_overrides(["tokenizer.kind=pretrained:/models/x", "draft.token_budgets=[1,2]"]) == []
+
+
+def test_scrubbing_covers_key_names_urls_and_overlapping_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHORT_TOKEN", "abcdefgh")
+    monkeypatch.setenv("LONG_SECRET", "xx-abcdefgh-yy")  # contains the shorter secret
+    out = scrub_secrets({"private_key": "pem", "client_secret": "s", "Authorization": "Bearer q",
+                         "run_key": "keep-me", "url": "https://bob:hunter22@host/x",
+                         "note": "xx-abcdefgh-yy and abcdefgh"})
+    assert out == {"private_key": "<redacted>", "client_secret": "<redacted>", "Authorization": "<redacted>",
+                   "run_key": "keep-me", "url": "https://bob:<redacted>@host/x",
+                   "note": "<redacted> and <redacted>"}
+
+
+def test_cli_refuses_a_credential_before_hydra_writes_anything(python: str, subprocess_env: dict,
+                                                               tmp_path: Path) -> None:
+    secret = "wandb-cli-secret-0099887766"
+    env = {**subprocess_env, "WANDB_API_KEY": secret}
+    proc = subprocess.run([python, "-m", "scylla.run", f"logger.project={secret}", f"hydra.run.dir={tmp_path}/run",
+                           f"paths.results_dir={tmp_path}/results"],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "credentials are not accepted" in proc.stderr
+    assert "$WANDB_API_KEY" in proc.stderr and secret not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run").exists(), "Hydra wrote its .hydra/ dump of the overrides"

@@ -56,6 +56,29 @@ def test_splits_are_deterministic_and_seeded(tmp_path):
     assert a.split_fingerprint != c.split_fingerprint
 
 
+@pytest.mark.parametrize("name", ["pycode", "shakespeare", "kjv"])
+def test_subsets_and_other_split_settings_never_train_on_eval_prompts(name):
+    """Prompts come from the full corpus' eval split (`eval_prompts`), while a model may be trained on
+    a capped subset, another split seed or validation fraction: none of those may train on them."""
+    full = load_corpus(name)
+    prompts = set(full.split_ids["eval"])
+    for opts in ({"max_docs": 10}, {"max_docs": 24}, {"max_docs": 50}, {"max_docs": 150}, {"max_docs": 400},
+                 {"seed": 7}, {"validation_fraction": 0.02}, {"max_docs": 100, "seed": 3}):
+        sub = load_corpus(name, **opts)
+        assert not prompts & set(sub.split_ids["train"]), opts
+        kept = {d.doc_id for d in sub.documents}
+        if len(sub.split_ids["eval"]) > 1:  # not a tiny-corpus fallback: the same documents are held out
+            assert set(sub.split_ids["eval"]) == prompts & kept, opts
+
+
+def test_split_sizes_follow_fractions_and_tiny_corpora_get_every_split(tmp_path):
+    big = load_corpus(f"local:{_write_folder(tmp_path / 'big', 400)}", validation_fraction=0.1, eval_fraction=0.2)
+    sizes = {k: len(v) for k, v in big.split_ids.items()}
+    assert 20 <= sizes["validation"] <= 60 and 50 <= sizes["eval"] <= 110, sizes
+    tiny = load_corpus(f"local:{_write_folder(tmp_path / 'tiny', 3)}")
+    assert all(len(v) == 1 for v in tiny.split_ids.values())
+
+
 def test_manifest_hash_tracks_content(tmp_path):
     folder = _write_folder(tmp_path / "c")
     before = load_corpus(f"local:{folder}").manifest_hash

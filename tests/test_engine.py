@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from scylla import speculative_generate
@@ -55,6 +56,10 @@ def test_greedy_matches_target_generate(target, drafts, prompts, references, dra
                                batch_size=batch_size)
     assert out.sequences == references
     assert out.stats.generated_tokens == 25 * len(prompts)
+    if draft_name == "perfect":
+        assert out.stats.alpha == 1.0
+    elif draft_name == "poor":
+        assert out.stats.alpha < 0.3, "a random draft should be rejected most of the time"
 
 
 def test_perfect_draft_has_alpha_one_and_tau_gamma_plus_one(target, prompts):
@@ -75,53 +80,86 @@ def test_plain_decoding_is_the_same_path(target, prompts, references):
         assert out.stats.steps == 24 * len(prompts)  # the first token comes from the prefill
 
 
-def simulate_greedy_trace(target_out: list[int], draft_pred: list[int], gamma: int, max_new: int):
+def simulate_greedy_trace(target_out: list[int], draft_pred: list[int], gamma: int, max_new: int,
+                          eos: int | None = None) -> dict:
     """Independent accept/reject trace: draft_pred[j] is the draft's argmax for target_out[j]
-    given the prompt and target_out[:j] (teacher forcing along the target's greedy output)."""
-    i, steps, accepted = 1, 0, 0
+    given the prompt and target_out[:j] (teacher forcing along the target's greedy output, which
+    ends at its first EOS when ``eos`` is given). An accepted EOS ends the sequence: later draft
+    positions are past its end and not judged."""
+    i, steps, accepted, drafted, eos_in_draft = 1, 0, 0, 0, False
     acc_pos, reach_pos = [0] * gamma, [0] * gamma
-    while i < max_new:
+    while i < len(target_out):
         gb = min(gamma, max_new - i - 1)
-        n = 0
+        n, judged = 0, gb
         while n < gb:
             reach_pos[n] += 1
             if draft_pred[i + n] != target_out[i + n]:
                 break
             acc_pos[n] += 1
             n += 1
+            if eos is not None and target_out[i + n - 1] == eos:
+                judged, eos_in_draft = n, True
+                break
         steps += 1
         accepted += n
+        drafted += judged
         i += n + 1
-    return steps, accepted, acc_pos, reach_pos
+    return dict(steps=steps, accepted=accepted, drafted=drafted, acc_pos=np.array(acc_pos),
+                reach_pos=np.array(reach_pos), eos_in_draft=eos_in_draft)
+
+
+def _teacher_forced(draft, prompts, refs, gamma, max_new, eos=None) -> list[dict]:
+    traces = []
+    for prompt, ref in zip(prompts, refs):
+        with torch.no_grad():
+            logits = draft(torch.tensor([prompt + ref])).logits[0]
+        pred = logits[len(prompt) - 1 : len(prompt) - 1 + len(ref)].argmax(-1).tolist()
+        out = ref[: ref.index(eos) + 1] if eos is not None and eos in ref else ref
+        traces.append(simulate_greedy_trace(out, pred, gamma, max_new, eos))
+    return traces
+
+
+def _assert_counters_match(st, traces, n_prompts):
+    assert st.prompt_steps == [t["steps"] for t in traces]
+    assert st.prompt_accepted == [t["accepted"] for t in traces]
+    assert st.prompt_drafted == [t["drafted"] for t in traces]
+    assert st.steps == sum(t["steps"] for t in traces)
+    assert st.accepted == sum(t["accepted"] for t in traces)
+    assert st.drafted == sum(t["drafted"] for t in traces)
+    assert st.accepted_per_position == sum(t["acc_pos"] for t in traces).tolist()
+    assert st.reached_per_position == sum(t["reach_pos"] for t in traces).tolist()
+    assert st.tau == pytest.approx(1 + st.accepted / st.steps)
+    assert st.alpha == pytest.approx(sum(t["accepted"] for t in traces) / sum(t["drafted"] for t in traces))
+    assert st.alpha_n == pytest.approx([a / r for a, r in zip(st.accepted_per_position, st.reached_per_position)])
+    # Every generated token is the prefill token, an accepted draft token or a correction/bonus;
+    # a row whose EOS was an accepted draft token gets no correction after it.
+    assert st.generated_tokens == n_prompts + st.steps + st.accepted - sum(t["eos_in_draft"] for t in traces)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_counters_match_teacher_forced_simulation(target, drafts, prompts, references, batch_size):
     gamma, max_new = 3, 25
     draft = drafts["medium"]
-    exp_steps = exp_acc = 0
-    exp_acc_pos, exp_reach = np.zeros(gamma, int), np.zeros(gamma, int)
-    for prompt, ref in zip(prompts, references):
-        with torch.no_grad():
-            logits = draft(torch.tensor([prompt + ref])).logits[0]
-        pred = logits[len(prompt) - 1 : len(prompt) - 1 + len(ref)].argmax(-1).tolist()
-        s, a, ap, rp = simulate_greedy_trace(ref, pred, gamma, max_new)
-        exp_steps += s
-        exp_acc += a
-        exp_acc_pos += ap
-        exp_reach += rp
+    traces = _teacher_forced(draft, prompts, references, gamma, max_new)
     out = speculative_generate(target, draft, prompts, gamma=gamma, max_new_tokens=max_new, batch_size=batch_size)
     st = out.stats
     assert 0.05 < st.alpha < 0.95, "the medium draft should give ragged acceptance"
-    assert st.steps == exp_steps
-    assert st.accepted == exp_acc
-    assert st.accepted_per_position == exp_acc_pos.tolist()
-    assert st.reached_per_position == exp_reach.tolist()
-    assert st.tau == pytest.approx(1 + exp_acc / exp_steps)
-    assert st.alpha == pytest.approx(exp_acc / st.drafted)
-    assert sum(st.prompt_accepted) == st.accepted and sum(st.prompt_steps) == st.steps
-    # Every generated token is the prefill token, an accepted draft token or a correction/bonus.
-    assert st.generated_tokens == len(prompts) + st.steps + st.accepted
+    assert len(set(st.prompt_accepted)) > 1
+    _assert_counters_match(st, traces, len(prompts))
+
+
+@pytest.mark.parametrize("draft_name", ["perfect", "medium"])
+def test_eos_counters_match_teacher_forced_simulation(target, drafts, prompts, references, draft_name):
+    """EOS as an accepted draft token (perfect draft) or as the correction (medium draft), batched."""
+    gamma, max_new = 4, 25
+    eos = references[0][6]
+    traces = _teacher_forced(drafts[draft_name], prompts, references, gamma, max_new, eos)
+    out = speculative_generate(target, drafts[draft_name], prompts, gamma=gamma, max_new_tokens=max_new,
+                               batch_size=3, eos_token_id=eos)
+    if draft_name == "perfect":
+        assert any(t["eos_in_draft"] for t in traces), "the test should cover EOS inside accepted drafts"
+        assert out.stats.alpha == 1.0 and out.stats.alpha_n == [1.0] * gamma
+    _assert_counters_match(out.stats, traces, len(prompts))
 
 
 def test_rows_stop_independently_at_eos(target, drafts, prompts, references):
@@ -145,17 +183,22 @@ def test_long_generation_with_cache_compaction(target, drafts):
 
 
 def test_target_not_built_by_us_loaded_from_folder(tmp_path):
-    """Any AutoModelForCausalLM works through the public forward API (here GPT-2, saved locally)."""
+    """Any AutoModelForCausalLM works through the public forward API (here GPT-2, saved locally), with a
+    draft of its own architecture or a Llama draft sharing only the vocabulary."""
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=256, initializer_range=0.5)
     GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2-tiny")
     target = load_causal_lm(tmp_path / "gpt2-tiny")
-    draft = perturbed_copy(target, noise=0.02, seed=1)
+    assert type(target).__name__ == "GPT2LMHeadModel"
     prompts = random_prompts(5, VOCAB, 3, 15, seed=3)
-    refs = [hf_greedy(target, p, 20) for p in prompts]
-    out = speculative_generate(target, draft, prompts, gamma=3, max_new_tokens=20, batch_size=5)
-    assert out.sequences == refs
-    assert 0 < out.stats.alpha < 1
+    refs = [hf_greedy(target, p, 40) for p in prompts]
+    for draft in (perturbed_copy(target, noise=0.02, seed=1), tiny_llama(VOCAB, d_model=32, n_layers=1, n_heads=2)):
+        for batch_size in (1, 5):
+            out = speculative_generate(target, draft, prompts, gamma=3, max_new_tokens=40, batch_size=batch_size)
+            assert out.sequences == refs
+            assert 0 <= out.stats.alpha < 1
+        sampled = speculative_generate(target, draft, prompts, gamma=3, max_new_tokens=10, temperature=1.0, seed=0)
+        assert [len(s) for s in sampled.sequences] == [10] * len(prompts)
 
 
 def test_missing_target_folder_is_a_clear_error(tmp_path):
@@ -163,44 +206,64 @@ def test_missing_target_folder_is_a_clear_error(tmp_path):
         load_causal_lm(tmp_path / "nope")
 
 
-def _exact_marginals(model, prompt: list[int], n_tokens: int, temperature: float) -> list[np.ndarray]:
-    """Exact marginal distribution of each generated position by enumerating all continuations."""
+def _exact_joint(model, prompt: list[int], n_tokens: int, temperature: float) -> np.ndarray:
+    """Exact joint distribution [V]*n of the next n sampled tokens, by enumerating every prefix."""
     vocab = model.config.vocab_size
+    prefixes: list[list[int]] = [[]]
+    weights = torch.ones(1, dtype=torch.float64)
     with torch.no_grad():
-        prefixes = [[]]
-        weights = torch.ones(1)
-        marginals = []
         for _ in range(n_tokens):
-            batch = torch.tensor([prompt + p for p in prefixes])
-            probs = torch.softmax(model(batch).logits[:, -1].float() / temperature, -1)
-            joint = weights[:, None] * probs
-            marginals.append(joint.sum(0).numpy())
+            logits = model(torch.tensor([prompt + p for p in prefixes])).logits[:, -1].double()
+            weights = (weights[:, None] * torch.softmax(logits / temperature, -1)).reshape(-1)
             prefixes = [p + [v] for p in prefixes for v in range(vocab)]
-            weights = joint.reshape(-1)
-    return marginals
+    return weights.reshape([vocab] * n_tokens).numpy()
 
 
-def test_sampling_is_lossless():
-    vocab = 6
+def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Pearson chi-square goodness of fit; cells expecting < 5 counts are pooled into one."""
+    expected = probs / probs.sum() * counts.sum()
+    small = expected < 5
+    if small.any():
+        counts = np.append(counts[~small], counts[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    return float(chi2.sf(stat, len(expected) - 1))
+
+
+@pytest.mark.parametrize("draft_kind, temperature", [("random", 1.0), ("perturbed", 0.7)])
+def test_sampling_is_lossless(draft_kind, temperature):
+    """Every position's marginal and every adjacent pair's joint match the target's exact distribution
+    (and are rejected for the draft's own). gamma=3 over 5 tokens gives multi-token acceptances, residual
+    resampling after accepted tokens, bonus tokens, and rows with fewer remaining tokens than gamma."""
+    vocab, n_tok, gamma, n_rows = 6, 5, 3, 6000
     target = tiny_llama(vocab, d_model=32, n_layers=1, n_heads=2, seed=11, init_std=0.3)
-    draft = tiny_llama(vocab, d_model=32, n_layers=1, n_heads=2, seed=12, init_std=0.3)
+    if draft_kind == "random":
+        draft = tiny_llama(vocab, d_model=32, n_layers=1, n_heads=2, seed=12, init_std=0.3)
+    else:
+        draft = perturbed_copy(target, noise=0.1, seed=3)
     prompt = [1, 4, 2]
-    n_rows, n_tok, temp = 6000, 3, 1.0
-    out = speculative_generate(target, draft, [prompt] * n_rows, gamma=2, max_new_tokens=n_tok, temperature=temp,
-                               seed=123)
+    out = speculative_generate(target, draft, [prompt] * n_rows, gamma=gamma, max_new_tokens=n_tok,
+                               temperature=temperature, seed=123, batch_size=2000)
+    st = out.stats
+    assert 0.1 < st.alpha < 0.9 and min(st.accepted_per_position) > 100, "acceptance should be ragged"
     samples = np.array(out.sequences)
-    t_marg = _exact_marginals(target, prompt, n_tok, temp)
-    d_marg = _exact_marginals(draft, prompt, n_tok, temp)
-    assert 0.05 < out.stats.alpha < 0.95
+    joint_t = _exact_joint(target, prompt, n_tok, temperature)
+    joint_d = _exact_joint(draft, prompt, n_tok, temperature)
+    checks = []
     for pos in range(n_tok):
-        emp = np.bincount(samples[:, pos], minlength=vocab) / n_rows
-        tv_target = 0.5 * np.abs(emp - t_marg[pos]).sum()
-        tv_draft = 0.5 * np.abs(emp - d_marg[pos]).sum()
-        assert tv_target < 0.03, f"position {pos}: empirical differs from the target's distribution"
-        assert tv_draft > 0.1, f"position {pos}: the test cannot tell target from draft here"
+        other = tuple(a for a in range(n_tok) if a != pos)
+        checks.append((f"position {pos}", np.bincount(samples[:, pos], minlength=vocab),
+                       joint_t.sum(other), joint_d.sum(other)))
+    for pos in range(n_tok - 1):
+        other = tuple(a for a in range(n_tok) if a not in (pos, pos + 1))
+        checks.append((f"positions {pos},{pos + 1}", np.bincount(samples[:, pos] * vocab + samples[:, pos + 1],
+                       minlength=vocab**2), joint_t.sum(other).ravel(), joint_d.sum(other).ravel()))
+    for name, counts, p_target, p_draft in checks:
+        assert _chi2_pvalue(counts, p_target) > 1e-4, f"{name}: samples differ from the target's distribution"
+        assert _chi2_pvalue(counts, p_draft) < 1e-6, f"{name}: the test cannot tell target from draft here"
     # Same seed, same samples: sampling is reproducible.
-    again = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=temp, seed=7)
-    again2 = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=temp, seed=7)
+    again = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=1.0, seed=7)
+    again2 = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=1.0, seed=7)
     assert again.sequences == again2.sequences
 
 
@@ -224,6 +287,10 @@ def test_measure_speedup_reports_consistent_ratios(target, drafts, prompts):
         (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
         (dict(prompts=[[1, VOCAB + 5]]), "outside the target vocabulary"),
         (dict(temperature=-1.0), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(gamma=True), "gamma"),
+        (dict(gamma=2.0), "gamma"),
+        (dict(eos_token_id=VOCAB), "eos_token_id"),
     ],
 )
 def test_bad_inputs_raise_one_clear_error(target, kwargs, message):
@@ -244,3 +311,49 @@ def test_too_long_for_the_target_is_rejected():
     small = tiny_llama(VOCAB, d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         speculative_generate(small, None, [[1] * 10], gamma=0, max_new_tokens=10)
+
+
+def test_numpy_integers_are_accepted(target, references, prompts):
+    """Sweeps hand numpy integers; they are as good as Python ints."""
+    out = speculative_generate(target, target, prompts[:2], gamma=np.int64(3), max_new_tokens=np.int64(25),
+                               batch_size=np.int64(2))
+    assert out.sequences == references[:2]
+
+
+def test_draft_with_a_shorter_context_is_rejected(target):
+    short = tiny_llama(VOCAB, d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="draft's max_position_embeddings"):
+        speculative_generate(target, short, [[1] * 10], gamma=2, max_new_tokens=10)
+    # Plain decoding never runs the draft, so its context does not matter there.
+    speculative_generate(target, short, [[1] * 10], gamma=0, max_new_tokens=10)
+
+
+def test_stats_of_different_gammas_do_not_merge(target, prompts):
+    a = speculative_generate(target, target, prompts[:2], gamma=2, max_new_tokens=5).stats
+    b = speculative_generate(target, target, prompts[:2], gamma=3, max_new_tokens=5).stats
+    with pytest.raises(ValueError, match="cannot merge"):
+        a.merge(b)
+
+
+def test_sampling_unchanged_by_cache_compaction(target, drafts, monkeypatch):
+    """Compaction moves cache slots (positions stay in the keys): with the same seed, sampled outputs
+    and counters must be those of a run that never compacts."""
+    from scylla import engine
+
+    prompts = random_prompts(6, VOCAB, 2, 30, seed=9)
+    kwargs = dict(gamma=5, max_new_tokens=50, batch_size=6, temperature=1.0, seed=4)
+    compactions = []
+    original = engine._CachedLM.maybe_compact
+
+    def counting(self, *args, **kw):
+        before = self.valid.shape[1]
+        original(self, *args, **kw)
+        compactions.append(self.valid.shape[1] < before)
+
+    monkeypatch.setattr(engine._CachedLM, "maybe_compact", counting)
+    compacted = speculative_generate(target, drafts["medium"], prompts, **kwargs)
+    assert any(compactions), "the run should compact its caches"
+    monkeypatch.setattr(engine._CachedLM, "maybe_compact", lambda self, *a, **k: None)
+    plain = speculative_generate(target, drafts["medium"], prompts, **kwargs)
+    assert compacted.sequences == plain.sequences
+    assert compacted.stats.accepted_per_position == plain.stats.accepted_per_position

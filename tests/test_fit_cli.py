@@ -76,6 +76,18 @@ def test_help_documents_the_options():
     assert run.returncode == 0 and "draft=<name>" in run.stdout
 
 
+def test_wandb_source_as_a_results_spec(monkeypatch):
+    """`make fit RESULTS=wandb:team/proj` reaches scylla.results.load_wandb with the project path."""
+    from scylla import results
+
+    seen = []
+    monkeypatch.setattr(results, "load_wandb", lambda project: seen.append(project) or pd.DataFrame({"a": [1]}))
+    assert len(load_table("wandb:team/proj")) == 1 and seen == ["team/proj"]
+    assert len(load_table(None, wandb_project="proj")) == 1 and seen[-1] == "proj"
+    with pytest.raises(FileNotFoundError, match="needs a project name"):
+        load_table("wandb:")
+
+
 def test_load_table_reads_tables(results_file):
     assert len(load_table(str(results_file))) == len(pd.read_parquet(results_file))
     assert len(load_table(str(results_file.parent))) == len(pd.read_parquet(results_file))

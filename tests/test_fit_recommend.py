@@ -141,6 +141,28 @@ def test_outputs_hydra_yaml_json_markdown(table, fitted, tmp_path):
     assert "P(best" in md and "| 16 |" in md
 
 
+def test_emitted_draft_config_composes_as_draft_name(table, fitted, tmp_path, monkeypatch):
+    """The yaml is a real `draft` group option: dropped into a copy of configs/, `draft=<name>`
+    composes, validates, and yields the recommended shape and token budget."""
+    import shutil
+
+    from scylla.config import compose, config_dir, validate
+
+    acc, law, cost = fitted
+    rec = recommend(law, cost, candidates=candidate_drafts(table), token_budgets=acc["draft_tokens"].unique(),
+                    batch_sizes=[1, 16])
+    configs = tmp_path / "configs"
+    shutil.copytree(config_dir(), configs)
+    paths = rec.write(tmp_path / "fit")
+    shutil.copy(paths["yaml"], configs / "draft" / paths["yaml"].name)
+    monkeypatch.setenv("SCYLLA_CONFIG_DIR", str(configs))
+    job = validate(compose([f"draft={rec.name}"]))
+    assert job.draft.name == rec.name and job.draft.family == "llama"
+    assert (job.draft.d_model, job.draft.n_layers, job.draft.tokens) == (
+        rec.draft["d_model"], rec.draft["n_layers"], int(rec.draft["tokens"]))
+    assert job.draft.d_model % job.draft.n_heads == 0
+
+
 def test_recommend_needs_bootstrap_and_alpha(fitted, table):
     acc, _, cost = fitted
     no_boot = fit_law(acc, "joint_logit_linear", ["draft_tokens", "draft_params"], "alpha_token", holdout=False)

@@ -55,6 +55,62 @@ def naive_greedy(model: torch.nn.Module, prompt: list[int], n: int, eos: int | N
     return ids[len(prompt):]
 
 
+def reference_self_speculative(model: MTPForCausalLM, prompt: list[int], k: int, n: int,
+                               eos: int | None = None) -> tuple[list[int], dict]:
+    """Reference self-speculative greedy decoding of one row, written independently of the engine.
+
+    No cache, no batching, per-head layers (not the fused decoding path): one full forward per step
+    over prompt + emitted + guesses gives head 1's verdict at every guess and heads 2..k's next
+    guesses at the last kept position. Returns the tokens and the counters the engine must report,
+    plus ``eos_inside``: steps whose EOS was a kept guess (counters stop at the sequence's end)."""
+    def argmax_heads(seq: list[int]) -> list[list[int]]:
+        with torch.no_grad():
+            lg = model(input_ids=torch.tensor([seq]), n_heads=k, return_head_logits=True).head_logits
+        return [h[0].argmax(-1).tolist() for h in lg]
+
+    best = argmax_heads(list(prompt))
+    out, guesses = [best[0][-1]], [best[j][-1] for j in range(1, k)]
+    c = {"drafted": 0, "accepted": 0, "steps": 0, "acc": [0] * (k - 1), "reached": [0] * (k - 1), "eos_inside": 0}
+    while len(out) < n and out[-1] != eos:
+        gb = min(k - 1, n - len(out) - 1)  # never offer more guesses than the row may still emit
+        last = len(prompt) + len(out) - 1  # position of the last emitted token
+        best = argmax_heads(list(prompt) + out + guesses[:gb])
+        n_acc = 0
+        while n_acc < gb and guesses[n_acc] == best[0][last + n_acc]:
+            n_acc += 1
+        emitted = guesses[:n_acc] + [best[0][last + n_acc]]
+        counted, judged = n_acc, gb
+        if eos in emitted:
+            e = emitted.index(eos)
+            emitted = emitted[: e + 1]
+            if e < n_acc:  # EOS was a kept guess: guesses after it lie past the sequence's end
+                counted = judged = e + 1
+                c["eos_inside"] += 1
+        reached = min(counted + 1, judged)
+        c["drafted"] += judged
+        c["accepted"] += counted
+        c["steps"] += 1
+        for j in range(counted):
+            c["acc"][j] += 1
+        for j in range(reached):
+            c["reached"][j] += 1
+        guesses = [best[j][last + n_acc] for j in range(1, k)]
+        out += emitted
+    return out, c
+
+
+def assert_matches_reference(stats, refs: list[tuple[list[int], dict]], k: int) -> None:
+    """Per-prompt and per-head counters of an engine run equal those of `reference_self_speculative`."""
+    assert stats.prompt_drafted == [c["drafted"] for _, c in refs]
+    assert stats.prompt_accepted == [c["accepted"] for _, c in refs]
+    assert stats.prompt_steps == [c["steps"] for _, c in refs]
+    assert stats.prompt_generated == [len(o) for o, _ in refs]
+    assert stats.accepted_per_position == [sum(c["acc"][j] for _, c in refs) for j in range(k - 1)]
+    assert stats.reached_per_position == [sum(c["reached"][j] for _, c in refs) for j in range(k - 1)]
+    assert (stats.drafted, stats.accepted, stats.steps) == (sum(stats.prompt_drafted), sum(stats.prompt_accepted),
+                                                            sum(stats.prompt_steps))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model
 
@@ -218,6 +274,42 @@ def test_k1_takes_exactly_one_forward_per_token(trained, prompts):
     s = out.stats
     assert s.generated_tokens == 17 and s.target_forwards == 17  # prefill emits the first token
     assert (s.steps, s.drafted, s.accepted, s.tau, s.draft_forwards) == (16, 0, 0, 1.0, 0)
+    # Batched, ragged prompts: still one forward per token (every row gains exactly one per forward).
+    batched = self_speculative_generate(model, prompts, k=1, max_new_tokens=17, batch_size=8).stats
+    assert batched.target_forwards == 17 and batched.steps == 8 * 16 and batched.prompt_steps == [16] * 8
+    assert batched.generated_tokens == 8 * 17 and batched.tau == 1.0
+
+
+def test_k1_never_runs_the_extra_heads(trained, prompts):
+    """k = 1 is plain decoding of head 1: scrambling heads 2..n changes neither tokens nor counters."""
+    import copy
+
+    model, _ = trained
+    scrambled = copy.deepcopy(model)
+    with torch.no_grad():
+        for head in scrambled.heads[1:]:
+            for p in head.parameters():
+                p.normal_(0, 1.0)
+    a = self_speculative_generate(model, prompts, k=1, max_new_tokens=12, batch_size=8)
+    b = self_speculative_generate(scrambled, prompts, k=1, max_new_tokens=12, batch_size=8)
+    assert a.sequences == b.sequences and a.stats.steps == b.stats.steps
+    # ... while with k = 2 the scrambled head 2 is what drafts, so acceptance collapses.
+    good = self_speculative_generate(model, prompts, k=2, max_new_tokens=12, batch_size=8).stats
+    bad = self_speculative_generate(scrambled, prompts, k=2, max_new_tokens=12, batch_size=8)
+    assert bad.sequences == a.sequences and bad.stats.accepted < good.accepted
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_counters_equal_an_independent_reference(trained, prompts, batch_size):
+    """Exact per-prompt and per-head counters against a cache-free one-row reference, for every k and
+    budgets shorter than k - 1 guesses (rows offered fewer guesses than the block holds)."""
+    model, _ = trained
+    for k in range(1, N_FUTURE + 1):
+        for n_new in (3, 4, 21):
+            refs = [reference_self_speculative(model, p, k, n_new) for p in prompts]
+            out = self_speculative_generate(model, prompts, k=k, max_new_tokens=n_new, batch_size=batch_size)
+            assert out.sequences == [o for o, _ in refs], (k, n_new)
+            assert_matches_reference(out.stats, refs, k)
 
 
 def test_counters_consistent_with_tokens_per_forward(trained, prompts):
@@ -229,6 +321,10 @@ def test_counters_consistent_with_tokens_per_forward(trained, prompts):
     assert s.tau == pytest.approx(1 + s.accepted / s.steps)
     assert s.generated_tokens == len(prompts) * n_new == len(prompts) + s.steps + s.accepted  # no EOS
     assert sum(s.accepted_per_position) == s.accepted
+    # tau from the per-head counters: 1 + sum_j accepted_j / steps.
+    assert s.tau == pytest.approx(1 + sum(s.accepted_per_position) / s.steps)
+    assert s.reached_per_position[0] <= s.steps and s.drafted == sum(s.prompt_drafted)
+    assert len(s.alpha_n) == N_FUTURE - 1 and all(0 <= a <= 1 for a in s.alpha_n)
     assert all(a <= r for a, r in zip(s.accepted_per_position, s.reached_per_position))
     # Chain acceptance: head j+1 is reached only when head j was accepted (and the row's budget
     # still allows a guess there, which near max_new_tokens it may not).
@@ -244,6 +340,23 @@ def test_counters_consistent_with_tokens_per_forward(trained, prompts):
     # Same counters whether rows share a batch or not (acceptance does not depend on batching).
     single = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=n_new, batch_size=1).stats
     assert (single.accepted, single.drafted, single.steps) == (s.accepted, s.drafted, s.steps)
+
+
+def test_eos_inside_the_kept_guesses_is_counted_exactly(trained, prompts):
+    """A row whose EOS is a kept guess: the guesses after it lie past the sequence's end and count as
+    neither drafted, reached nor accepted (else they would read as rejections of those heads)."""
+    model, _ = trained
+    for eos in range(VOCAB):
+        refs = [reference_self_speculative(model, p, N_FUTURE, 24, eos=eos) for p in prompts]
+        if sum(c["eos_inside"] for _, c in refs):
+            break
+    else:
+        pytest.fail("the fixture never keeps an EOS guess; the test has no power")
+    for batch_size in (1, 8):
+        out = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=24, batch_size=batch_size,
+                                        eos_token_id=eos)
+        assert out.sequences == [o for o, _ in refs]
+        assert_matches_reference(out.stats, refs, N_FUTURE)
 
 
 def test_eos_and_short_budgets_stop_rows_independently(trained, prompts):
@@ -263,26 +376,34 @@ def test_eos_and_short_budgets_stop_rows_independently(trained, prompts):
 
 
 def test_sampling_is_lossless_and_seeded(trained, prompts):
-    """The second token's distribution (drafted by head 2, verified by head 1) is head 1's exactly."""
+    """The 2nd and 3rd tokens (guessed by heads 2 and 3, verified by head 1) follow head 1's own
+    ancestral-sampling distribution exactly, up to sampling noise."""
     model, _ = trained
     prompt = prompts[3]
     temperature = 1.0
     with torch.no_grad():
-        p1 = torch.softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1] / temperature, -1)
-        seqs = torch.tensor([prompt + [t] for t in range(VOCAB)])
-        p2_given = torch.softmax(model(input_ids=seqs).logits[:, -1] / temperature, -1)
-        exact = p1 @ p2_given  # p(x2) = sum_x1 p(x1) p(x2 | x1)
-        q2 = torch.softmax(model(input_ids=torch.tensor([prompt]), return_head_logits=True).head_logits[1][0, -1], -1)
-    n = 3000
-    # Three tokens: the second is head 2's guess, verified (the third only exists so a guess is offered).
-    out = self_speculative_generate(model, [prompt] * n, k=N_FUTURE, max_new_tokens=3, temperature=temperature,
+        def next_probs(seqs: list[list[int]]) -> torch.Tensor:
+            return torch.softmax(model(input_ids=torch.tensor(seqs)).logits[:, -1] / temperature, -1)
+
+        p1 = next_probs([prompt])[0]
+        p2_given = next_probs([prompt + [a] for a in range(VOCAB)])  # [x1, x2]
+        exact2 = p1 @ p2_given  # p(x2) = sum_x1 p(x1) p(x2 | x1)
+        p3_given = next_probs([prompt + [a, b] for a in range(VOCAB) for b in range(VOCAB)]).view(VOCAB, VOCAB, VOCAB)
+        exact3 = torch.einsum("a,ab,abc->c", p1, p2_given, p3_given)
+        heads = model(input_ids=torch.tensor([prompt]), return_head_logits=True).head_logits
+        q2, q3 = (torch.softmax(heads[j][0, -1] / temperature, -1) for j in (1, 2))
+    n = 4000
+    # Four tokens: the first step offers heads 2 and 3's guesses for tokens 2 and 3.
+    out = self_speculative_generate(model, [prompt] * n, k=N_FUTURE, max_new_tokens=4, temperature=temperature,
                                     seed=0)
-    assert out.stats.accepted > 0.1 * n  # the draft path is exercised
-    second = torch.bincount(torch.tensor([s[1] for s in out.sequences]), minlength=VOCAB).float() / n
-    tv = 0.5 * float((second - exact).abs().sum())
-    assert tv < 0.06, f"total variation {tv:.3f} from head 1's distribution"
-    # The test has power: trusting head 2 blindly would be far off.
-    assert 0.5 * float((q2 - exact).abs().sum()) > 0.12
+    s = out.stats
+    assert s.accepted_per_position[0] > 0.1 * n and s.accepted_per_position[1] > 0.05 * n  # both heads exercised
+    for pos, exact, q in ((1, exact2, q2), (2, exact3, q3)):
+        emp = torch.bincount(torch.tensor([seq[pos] for seq in out.sequences]), minlength=VOCAB).float() / n
+        tv = 0.5 * float((emp - exact).abs().sum())
+        assert tv < 0.06, f"token {pos + 1}: total variation {tv:.3f} from head 1's distribution"
+        # The test has power: trusting the head's guess blindly would be far off.
+        assert 0.5 * float((q - exact).abs().sum()) > 0.12
     again = self_speculative_generate(model, [prompt] * 20, k=3, max_new_tokens=8, temperature=0.8, seed=5)
     same = self_speculative_generate(model, [prompt] * 20, k=3, max_new_tokens=8, temperature=0.8, seed=5)
     assert again.sequences == same.sequences
@@ -300,6 +421,13 @@ def test_bad_decoding_inputs_raise_clear_errors(trained, prompts):
         self_speculative_generate(model, [[]], k=2, max_new_tokens=4)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         self_speculative_generate(model, [[1] * 250], k=4, max_new_tokens=10)
+    with pytest.raises(ValueError, match="eos_token_id must be a token id"):
+        self_speculative_generate(model, prompts, k=2, max_new_tokens=4, eos_token_id=VOCAB)
+    import numpy as np
+
+    # A numpy k (as numpy-built sweeps hand it) is fine.
+    out = self_speculative_generate(model, prompts[:2], k=np.int64(2), max_new_tokens=4)
+    assert [len(s) for s in out.sequences] == [4, 4] and out.stats.gamma == 1
 
 
 def test_measurement_has_the_engine_record_schema(trained, prompts):
@@ -367,11 +495,36 @@ def test_pipeline_job_writes_one_row_per_head_count(trained, prompts, tmp_path, 
         assert g.baseline_tokens_per_second.nunique() == 1
 
 
+def test_benchmark_reports_measured_ratios(trained, prompts):
+    """bench_mtp's table and goal line come from measurements: k = 1..n per batch size, speedup / tau
+    recomputed from the row, the goal from the best measured batch-1 k (not a constant)."""
+    from benchmarks import bench_mtp
+
+    model, _ = trained
+    lines: list[str] = []
+    result = bench_mtp.run(model, prompts, batches=[1, 2], max_new=10, repeats=1, echo=lines.append)
+    rows = result["rows"]
+    assert [(r["batch_size"], r["k"]) for r in rows] == [(b, k) for b in (1, 2) for k in range(1, N_FUTURE + 1)]
+    for r in rows:
+        assert r["speedup_over_tau"] == pytest.approx(r["speedup"] / r["tau"]) and r["speedup"] > 0
+        assert r["tau"] == 1.0 if r["k"] == 1 else r["tau"] > 1.0
+        assert len(r["alpha_n"]) == r["k"] - 1
+    for b in (1, 2):  # one shared plain baseline per batch size
+        assert len({r["baseline_tokens_per_second"] for r in rows if r["batch_size"] == b}) == 1
+    goal = result["goal"]
+    best = max((r for r in rows if r["batch_size"] == 1 and r["k"] > 1), key=lambda r: r["speedup"])
+    assert (goal["best_k"], goal["ratio"], goal["met"]) == (best["k"], best["speedup_over_tau"],
+                                                            best["speedup_over_tau"] >= 0.85)
+    assert any(line.startswith("goal (batch 1") and f"{best['speedup_over_tau']:.2f} x tokens per forward" in line
+               for line in lines)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Through the project's training loop
 
 
-def test_train_budgets_trains_and_reloads_an_mtp_model(tmp_path):
+def test_train_budgets_trains_branches_resumes_and_reloads_an_mtp_model(tmp_path):
+    """Token budgets, branched checkpoints and resume of the project's loop, with the summed MTP loss."""
     from scylla.checkpoints import load_checkpoint, read_provenance
     from scylla.tokenizer import ByteTokenizer
     from scylla.train import TrainConfig, train_budgets
@@ -379,15 +532,47 @@ def test_train_budgets_trains_and_reloads_an_mtp_model(tmp_path):
     tok = ByteTokenizer()
     spec = ModelSpec(d_model=32, n_layers=2, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=64)
     cfg = TrainConfig(seq_len=32, batch_size=4, lr=3e-3, warmup_steps=2, eval_tokens=256, save_every_seconds=1e9)
-    paths = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path, corpus_options={"shakespeare":
-                          {"max_docs": 24}}, progress=False, model_factory=mtp_factory(3))
+    opts = {"corpus_options": {"shakespeare": {"max_docs": 24}}, "progress": False}
+    paths = train_budgets(spec, ["shakespeare"], tok, [1024, 2048], cfg, tmp_path / "a",
+                          model_factory=mtp_factory(3), **opts)
     model, prov = load_checkpoint(paths[1024])
     assert isinstance(model, MTPForCausalLM) and model.n_future == 3
     assert prov["tokens_seen"] == 1024 and "build_mtp" in prov["model_factory"]
     assert prov["parameters"] == count_parameters(model)
+    assert (tmp_path / "a" / "checkpoints").is_dir() and not list((tmp_path / "a").rglob("*.bin"))
+    long_prov = read_provenance(paths[2048])
+    assert long_prov["tokens_seen"] == 2048 and long_prov["run_key"] == prov["run_key"]  # one branched run
+    assert 0 < long_prov["branch_step"] < 2048 // cfg.tokens_per_step
     out = self_speculative_generate(model, [[65, 66, 67]], k=3, max_new_tokens=6)
     assert len(out.sequences[0]) == 6
-    # A different head count never shares the cache entry.
-    other = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path, corpus_options={"shakespeare":
-                          {"max_docs": 24}}, progress=False, model_factory=mtp_factory(2))
+    # A later, larger budget resumes the saved trunk (weights + AdamW moments of the MTP model) and
+    # ends exactly where training it from scratch ends.
+    resumed = train_budgets(spec, ["shakespeare"], tok, [3072], cfg, tmp_path / "a", model_factory=mtp_factory(3),
+                            **opts)[3072]
+    scratch = train_budgets(spec, ["shakespeare"], tok, [3072], cfg, tmp_path / "b", model_factory=mtp_factory(3),
+                            **opts)[3072]
+    a, b = load_checkpoint(resumed)[0].state_dict(), load_checkpoint(scratch)[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # A different head count, or the parameter-matched trunk, never shares the cache entry.
+    other = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path / "a", model_factory=mtp_factory(2),
+                          **opts)
     assert other[1024] != paths[1024] and read_provenance(other[1024])["run_key"] != prov["run_key"]
+    matched = train_budgets(spec, ["shakespeare"], tok, [1024], cfg, tmp_path / "a",
+                            model_factory=mtp_factory(2, parameter_matched=True), **opts)
+    m, _ = load_checkpoint(matched[1024])
+    assert m.n_trunk == 0 and m.config.parameter_matched and matched[1024] != other[1024]
+
+
+def test_validation_loss_of_an_mtp_model_is_its_next_token_loss():
+    """Provenance val_loss must compare with a plain draft's: head 1 only, not the sum over heads."""
+    from scylla.train import validation_loss
+
+    spec = ModelSpec(d_model=32, n_layers=3, n_heads=4, vocab_size=VOCAB)
+    model = build_mtp(spec, 3, seed=0)
+    chunks = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(0))
+    overall, per = validation_loss(model, {"c": chunks}, batch_size=2, device=torch.device("cpu"))
+    with torch.no_grad():
+        out = model(input_ids=chunks, labels=chunks)
+    assert overall == pytest.approx(float(out.next_token_loss), rel=1e-5)
+    assert overall < float(out.loss) / 2  # the sum over three heads is about three times larger
+    assert per["c"] == pytest.approx(overall)

@@ -199,6 +199,33 @@ def test_batch_sweep_with_joblib_never_retrains(trained: dict[str, Any], tmp_pat
     assert threads == {max(1, available_cores() // 2)}, "joblib jobs must split the cores between them"
 
 
+def test_parallel_token_sweep_trains_each_draft_size_once(trained: dict[str, Any], tmp_path: Path,
+                                                         scylla_cache: Path, subprocess_env: dict[str, str]) -> None:
+    """Two token-budget jobs of one new draft size run at once under joblib: one trains both budgets
+    under the run's file lock, the other waits and reuses them (no second training of the size)."""
+    results = tmp_path / "results"
+    shape = ["draft=tiny2", "draft.name=tiny2-w24", "draft.d_model=24"]
+    before = training_state(scylla_cache)
+    assert (24, 2) not in before["shapes"], "pick a draft shape no other test trains"
+    out = run_cli(["-m", "sweep=tokens", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   f"hydra.sweep.dir={tmp_path}/sweep", *job_overrides(results, *shape)], subprocess_env, tmp_path)
+    expected = {expected_id(results, *shape, f"draft.tokens={t}", f"draft.token_budgets={GRID_BUDGETS}")
+                for t in (2048, 4096)}
+    assert set(ResultStore(results).run_ids()) == expected
+    assert "2 run, 0 skipped" in out.stdout
+    after = training_state(scylla_cache)
+    assert after["shapes"].count((24, 2)) == 1
+    new = sorted(set(after["checkpoints"]) - set(before["checkpoints"]))
+    assert len(new) == 2 and all(c.startswith("d24-L2-") for c in new), new
+    (run_dir,) = [p.parent for p in (scylla_cache / "runs").glob("*/run.json")
+                  if json.loads(p.read_text())["spec"]["d_model"] == 24]
+    trained_budgets = [json.loads(line)["budget"] for line in (run_dir / "log.jsonl").read_text().splitlines()
+                       if json.loads(line).get("phase") == "checkpoint"]
+    assert sorted(trained_budgets) == [2048, 4096], "a budget was trained twice (the run lock did not hold)"
+    frame = load(results)
+    assert sorted(set(frame.draft_tokens)) == [2048, 4096] and len(frame) == 2 * 2 * 2
+
+
 def test_capacity_sweep_with_submitit_local(trained: dict[str, Any], tmp_path: Path,
                                             subprocess_env: dict[str, str]) -> None:
     results = tmp_path / "results"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from typing import Any
 
 import pytest
 import torch
@@ -147,6 +148,90 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, phase, step, first_lo
         assert read_provenance(reference[b])["val_loss"] == read_provenance(resumed[b])["val_loss"]
 
 
+KILL_BUDGETS = [640, 1536]
+
+
+def _sigkilled_job(cache: str, mode: str, at: Any) -> None:
+    """Child process that SIGKILLs itself: no `finally`, no lock release, no cleanup, as a real kill.
+
+    ``mode="step"``: right after the logged training step ``at`` = (phase, step). ``mode="save"``: inside
+    the ``at``-th resume-state save, after its tensor files are written and before its JSON is published
+    (the instant where in-place files would pair new weights with an old step)."""
+    import os
+    import signal
+
+    import scylla.checkpoints as ckpt
+
+    torch.set_num_threads(1)
+    logger = None
+    if mode == "step":
+        def logger(record):
+            if (record.get("phase"), record.get("step")) == tuple(at) and "loss" in record:
+                os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        write, calls = ckpt._atomic_write_text, [0]
+
+        def dying_write(path, text):
+            calls[0] += 1
+            if calls[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            write(path, text)
+
+        ckpt._atomic_write_text = dying_write
+    _train(cache, KILL_BUDGETS, logger=logger)
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(tmp_path_factory.mktemp("kill-ref"), KILL_BUDGETS)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# State saves (every 2 steps, at branch points, in cooldowns): 1 trunk@2, 2 trunk@4 (branch point of 640),
+# 3 trunk@6, 4 trunk@8, 5 trunk@9 (branch point of 1536), 6 cooldown@10.
+@pytest.mark.parametrize("mode,at,first_logged", [
+    ("step", ("trunk", 7), ("trunk", 7)),  # resumes from the trunk state of step 6
+    ("step", ("cooldown", 11), ("cooldown", 11)),  # from the cooldown state of step 10
+    ("save", 3, ("trunk", 5)),  # the step-6 save never published: from step 4, not a mix of 4 and 6
+    ("save", 6, ("cooldown", 10)),  # from the branch point
+])
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, kill_reference, mode, at, first_logged):
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=_sigkilled_job, args=(str(tmp_path), mode, at))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == -9, f"child was not killed (exit code {child.exitcode})"
+    log = []
+    resumed = _train(tmp_path, KILL_BUDGETS, logger=log.append)
+    trained = [(r["phase"], r["step"]) for r in log if "loss" in r]
+    assert trained[0] == first_logged  # it continued from saved state, it did not start over
+    for b in KILL_BUDGETS:
+        assert _same(kill_reference[b], resumed[b]), f"budget {b} differs after a SIGKILL and resume"
+        assert read_provenance(kill_reference[b])["val_loss"] == read_provenance(resumed[b])["val_loss"]
+    # What the killed save left behind is cleaned up: one trunk state (for a later, larger budget), no
+    # branch state, no temporaries.
+    run_dir = next((tmp_path / "runs").iterdir())
+    left = sorted(p.name for p in run_dir.iterdir() if p.name not in ("run.json", "run.lock", "log.jsonl"))
+    assert len(left) == 3 and left[0].startswith("trunk.") and "trunk.json" in left, left
+
+
+def test_train_state_files_are_replaced_not_overwritten(tmp_path):
+    from scylla.checkpoints import load_train_state, save_train_state
+
+    model = build_llama(SPEC, seed=0)
+    opt = torch.optim.AdamW(model.parameters())
+    save_train_state(tmp_path / "s", model, opt, {"step": 1})
+    first = sorted(p.name for p in tmp_path.glob("s.*.safetensors"))
+    save_train_state(tmp_path / "s", model, opt, {"step": 2})
+    second = sorted(p.name for p in tmp_path.glob("s.*.safetensors"))
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+    assert load_train_state(tmp_path / "s", model, opt)["step"] == 2
+
+
 def test_load_checkpoint_round_trip_and_refusals(tmp_path):
     path = _train(tmp_path, [384])[384]
     model, prov = load_checkpoint(path)
@@ -154,6 +239,13 @@ def test_load_checkpoint_round_trip_and_refusals(tmp_path):
     x = torch.tensor([[1, 2, 3, 4]])
     assert model(input_ids=x).logits.shape == (1, 4, SPEC.vocab_size)
     assert (path / "tokenizer" / "scylla_tokenizer.json").exists()
+    # The file-level corpus manifest travels with the checkpoint and matches the recorded hash.
+    from scylla.data import load_corpus
+
+    manifest = json.loads((path / "corpus_manifest.json").read_text())
+    corpus = load_corpus("shakespeare", **OPTIONS["shakespeare"])
+    assert manifest["shakespeare"]["manifest_hash"] == corpus.manifest_hash == prov["corpora"][0]["manifest_hash"]
+    assert [tuple(x) for x in manifest["shakespeare"]["documents"]] == corpus.manifest
     record = json.loads((path / "provenance.json").read_text())
     record["model_class"] = "os.system"
     (path / "provenance.json").write_text(json.dumps(record))

@@ -2,7 +2,7 @@
 
     scylla-fit outputs/results --out outputs/fit
     scylla-fit 'multirun/**/results.parquet' --out outputs/fit --batch-sizes 1,8,32
-    scylla-fit --wandb-project scylla-sweep --out outputs/fit
+    scylla-fit --wandb-project scylla-sweep --out outputs/fit     (or: scylla-fit wandb:scylla-sweep)
 
 Writes, per (task, temperature) group: fits.json, report.md, recommendation.json/.md,
 draft/<name>.yaml (a Hydra `draft=` group file) and figures/*.png.
@@ -63,11 +63,16 @@ def _table_files(spec: str) -> list[Path] | None:
 def load_table(path: str | None = None, wandb_project: str | None = None) -> pd.DataFrame:
     """The results table: tidy tables (.parquet/.csv/.jsonl) are read directly; a folder, file or glob
     of job records goes through `scylla.results.load`, a wandb project through
-    `scylla.results.load_wandb`."""
+    `scylla.results.load_wandb` (also when path is `wandb:<project>` or `wandb:<entity>/<project>`,
+    so `make fit RESULTS=wandb:...` works)."""
     try:
         from scylla import results as _results  # written by the results subsystem
     except ImportError:
         _results = None
+    if path is not None and path.startswith("wandb:") and not wandb_project:
+        wandb_project = path.removeprefix("wandb:").strip("/")  # `make fit RESULTS=wandb:entity/project`
+        if not wandb_project:
+            raise InputError("'wandb:' needs a project name, e.g. wandb:scylla or wandb:my-team/scylla")
     if wandb_project:
         if _results is None or not hasattr(_results, "load_wandb"):
             raise InputError("--wandb-project needs scylla.results.load_wandb, which this installation lacks; "
@@ -417,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(usable as draft=<name>) and figures/*.png.",
         epilog="Examples:\n  scylla-fit outputs/results --out outputs/fit\n"
         "  scylla-fit 'multirun/**/*.parquet' --out outputs/fit --batch-sizes 1,8,32 --compute-budget 1e16\n"
-        "  make fit RESULTS=outputs/results OUT=outputs/fit\nSee docs/fitting.md.",
+        "  make fit RESULTS=outputs/results OUT=outputs/fit\n  make fit RESULTS=wandb:my-team/scylla\n"
+        "See docs/fitting.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("results", nargs="?", help="results folder, file or glob (.parquet/.csv/.jsonl/.json)")
+    p.add_argument("results", nargs="?", help="results folder, file or glob (.parquet/.csv/.jsonl/.json), "
+                   "or wandb:<project> / wandb:<entity>/<project>")
     p.add_argument("--out", default="outputs/fit", help="output folder (default: outputs/fit)")
     p.add_argument("--wandb-project", help="load the results from this wandb project instead of files")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000; 0 = none)")

@@ -211,9 +211,12 @@ def _prepare(frame: pd.DataFrame, form: LawForm, x: str | Sequence[str], y: str,
 
     if weights is None or weights is True:  # automatic: from standard errors when present
         se = None
-        if f"{y}_se" in frame.columns:
-            se = _column(frame, f"{y}_se")
-        elif prompts is not None:
+        if f"{y}_se" in frame.columns:  # lenient: a missing standard error means "unknown", not an error
+            se = pd.to_numeric(frame[f"{y}_se"], errors="coerce").to_numpy(dtype=float)
+            if not np.all(np.isfinite(se)) and prompts is None:
+                warnings.warn(f"column {y}_se has missing or non-finite values: fitting {y!r} unweighted",
+                              FitWarning, stacklevel=4)
+        if (se is None or not np.all(np.isfinite(se))) and prompts is not None:
             se = np.array([_ratio_se(a, d) for a, d in zip(*prompts)])
         if se is not None and np.all(np.isfinite(se)) and np.any(se > 0):
             se_z = np.abs(se * tr.derivative(yv))
@@ -267,6 +270,18 @@ def _offset(form: LawForm, theta: np.ndarray, U: np.ndarray, z: np.ndarray, sw: 
         if hi is not None and theta[j] >= hi - 1e-9 and g[j] > 0:
             cos[j] = 0.0
     return float(np.max(cos))
+
+
+def _projected_grad_norm(form: LawForm, theta: np.ndarray, U: np.ndarray, z: np.ndarray, sw: np.ndarray,
+                         c: np.ndarray, delta: float) -> float:
+    """Infinity norm of the SUM objective's gradient, components held at a bound by an outward
+    gradient excluded (what L-BFGS-B's pgtol tests). Reported next to the scale-free offset."""
+    _, g = _objective(form, theta, U, z, sw, c, delta)
+    for j, (lo, hi) in enumerate(form.bounds):
+        if (lo is not None and theta[j] <= lo + 1e-9 and g[j] > 0) or (hi is not None and theta[j] >= hi - 1e-9
+                                                                       and g[j] < 0):
+            g[j] = 0.0
+    return float(np.max(np.abs(g))) if g.size else 0.0
 
 
 def _lbfgsb(form: LawForm, theta0: np.ndarray, U: np.ndarray, z: np.ndarray, sw: np.ndarray, c: np.ndarray,
@@ -375,7 +390,8 @@ def _bootstrap_z(data: _Data, form: LawForm, idx: np.ndarray, rng: np.random.Gen
 
 def _bootstrap(form: LawForm, data: _Data, theta_hat: np.ndarray, delta: float, n_boot: int,
                seed: int) -> tuple[np.ndarray, int]:
-    """(n_boot, p) raw parameter draws (NaN rows for failed resamples) and the number that failed."""
+    """(n_boot, p) raw parameter draws (NaN rows for resamples that cannot identify the law or whose
+    refit fails the gradient check) and the number that failed."""
     rng = np.random.default_rng(seed)
     n, p = data.n, form.n_params
     idx = rng.integers(0, n, size=(n_boot, n))
@@ -399,9 +415,13 @@ def _bootstrap(form: LawForm, data: _Data, theta_hat: np.ndarray, delta: float, 
             if ok and _offset(form, th[k], U[idx[b]], zb[b], sw, np.ones(n), delta) < CONVERGENCE_TOL:
                 out[b] = th[k]
         todo = np.array([b for b in todo if not np.all(np.isfinite(out[b]))], dtype=int)
-    for b in todo:
-        theta, f, _ = _lbfgsb(form, theta_hat, U[idx[b]], zb[b], np.sqrt(wb[b]), np.ones(n), delta,
-                              maxiter=300, ftol=1e-12)
+    for b in todo:  # warm-started at the point estimate; a draw must pass the same gradient check
+        Ub, swb, cb = U[idx[b]], np.sqrt(wb[b]), np.ones(n)
+        theta, f, _ = _lbfgsb(form, theta_hat, Ub, zb[b], swb, cb, delta, maxiter=300, ftol=1e-12)
+        if np.isfinite(f) and _offset(form, theta, Ub, zb[b], swb, cb, delta) >= CONVERGENCE_TOL:
+            theta, f, _ = _lbfgsb(form, theta, Ub, zb[b], swb, cb, delta)  # polish once to full tolerance
+            if _offset(form, theta, Ub, zb[b], swb, cb, delta) >= CONVERGENCE_TOL:
+                continue  # not a stationary point: counted as failed rather than biasing the interval
         if np.isfinite(f):
             out[b] = theta
     failed = int(np.sum(~np.all(np.isfinite(out), axis=1)))
@@ -469,6 +489,7 @@ class FitResult:
     seed: int
     weighted: bool
     weights_spec: Any = None
+    grad_norm: float = float("nan")  # |projected gradient of the summed objective|_inf at the estimate
     bootstrap_mode: str = "none"
     boot_raw: np.ndarray | None = None
     n_bootstrap_failed: int = 0
@@ -530,7 +551,8 @@ class FitResult:
             "n_bootstrap_failed": self.n_bootstrap_failed, "bootstrap_mode": self.bootstrap_mode,
             "seed": self.seed, "weighted": self.weighted,
             "huber_delta": self.delta, "objective": self.objective, "objective_reduction": "sum",
-            "converged": self.converged, "convergence_offset": self.offset, "n_starts": self.n_starts,
+            "converged": self.converged, "convergence_offset": self.offset, "gradient_norm": f(self.grad_norm),
+            "n_starts": self.n_starts,
             "best_start": [float(v) for v in self.best_start],
             "best_start_on_grid_boundary": self.best_start_on_boundary,
             "params_at_bounds": self.params_at_bounds,
@@ -600,11 +622,12 @@ def fit_law(
                                                          max_starts=max_starts, starts=starts)
     U = data.U
     offset = _offset(form, theta, U, data.z, np.sqrt(data.w), np.ones(data.n), d)
+    grad_norm = _projected_grad_norm(form, theta, U, data.z, np.sqrt(data.w), np.ones(data.n), d)
     converged = offset < CONVERGENCE_TOL
     msgs: list[str] = []
     if not converged:
         msgs.append(f"optimiser did not reach a stationary point (gradient offset {offset:.2g} >= "
-                    f"{CONVERGENCE_TOL}); do not trust these parameters")
+                    f"{CONVERGENCE_TOL}, gradient norm {grad_norm:.2g}); do not trust these parameters")
     if on_edge:
         msgs.append("the best start lies on the boundary of the initialisation grid: the grid may not "
                     "bracket the optimum; widen it or check the estimate")
@@ -631,7 +654,7 @@ def fit_law(
         x_range={c: (float(data.X[:, j].min()), float(data.X[:, j].max())) for j, c in enumerate(data.x_names)},
         r2=checks.r_squared(data.y, y_hat), r2_transformed=checks.r_squared(data.z, z_hat), rss=rss,
         aicc=checks.aicc(rss, data.n, form.n_params), rate=rate, seed=seed,
-        weighted=bool(np.ptp(data.w) > 0), weights_spec=weights,
+        weighted=bool(np.ptp(data.w) > 0), weights_spec=weights, grad_norm=grad_norm,
     )
     if rate and not form.bounded_rate and np.any(y_hat >= 1):
         msgs.append("the fitted law predicts a rate >= 1 inside the data range; use a bounded form")

@@ -1,0 +1,64 @@
+"""`scylla.study` end to end on the smoke experiment: sweep, export, fit per task and pooled, report;
+resuming skips finished jobs; bad input fails with one clear message and leaves no half-written study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def _study(python: str, env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "scylla.study", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def study_env(subprocess_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    return {**subprocess_env, "SCYLLA_RESULTS": str(tmp_path / "results")}
+
+
+def test_study_runs_fits_reports_and_resumes(python: str, study_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "exp" / "smoke-study"
+    proc = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "--n-bootstrap", "20",
+                  "runtime.progress=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # smoke grid: 2 drafts x 2 budgets = 4 jobs; 2 tasks x 2 batch sizes inside each job
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 4 * 2 * 2
+    assert table["run_id"].nunique() == 4
+    assert "record_path" not in table.columns  # machine-local paths stay out of committed tables
+    assert {"alpha", "tau", "speedup", "draft_tokens", "draft_params"} <= set(table.columns)
+    fit_dirs = sorted(p.name for p in (out / "fit").iterdir() if p.is_dir())
+    assert any(name.startswith("task-all") for name in fit_dirs), fit_dirs  # pooled over tasks
+    assert any(name.startswith("task-code") for name in fit_dirs), fit_dirs  # and per task
+    report = (out / "report.md").read_text()
+    assert "## Fitted laws (pooled over tasks)" in report and "bonus" in report
+    assert "## Acceptance per task" in report
+    pooled = next((out / "fit").glob("task-all*"))
+    fits = json.loads((pooled / "fits.json").read_text())
+    assert fits["n_rows"] == len(table)
+    assert not (out.parent / "smoke-study.partial").exists()
+
+    # resume: every job has a record, so the sweep is not launched again
+    again = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "--n-bootstrap", "20",
+                   "runtime.progress=false", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 already done" in again.stdout
+    assert "scylla.run" not in again.stdout  # no sweep command was run
+
+
+def test_study_bad_input_is_one_clear_error(python: str, study_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "exp" / "nothing"
+    proc = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "--fit-only", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no records of this study" in proc.stderr and "without --fit-only" in proc.stderr
+    assert not out.exists()
+
+    bad = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "draft.tokens=-5", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "draft.tokens" in bad.stderr and "Traceback" not in bad.stderr
+    assert not out.exists()
