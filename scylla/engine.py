@@ -32,7 +32,7 @@ from transformers import DynamicCache
 
 from scylla.hf_compat import cache_kwarg, output_cache
 
-__all__ = ["DecodeStats", "SpeculativeOutput", "speculative_generate", "check_compatible"]
+__all__ = ["DecodeStats", "SpeculativeOutput", "speculative_generate", "check_compatible", "record_row_step"]
 
 
 @dataclass
@@ -375,6 +375,34 @@ def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator |
     return torch.multinomial(probs, 1, generator=generator).squeeze(1), probs
 
 
+def record_row_step(stats: DecodeStats, row: int, guesses: Sequence[int], n_accepted: int, n_judged: int,
+                    next_token: int, eos_token_id: int | None) -> list[int]:
+    """Add one row's verification step to the counters; return the tokens it emits (cut after EOS).
+
+    ``guesses`` are the row's draft tokens (only the first ``n_judged`` were judged: none past
+    ``max_new_tokens``), ``n_accepted`` of them were kept, then ``next_token`` (correction or bonus).
+    Shared by the two-model engine and self-speculative decoding so both count alike. When EOS is an
+    accepted draft token the sequence ends there: later positions lie past its end and count as neither
+    drafted, reached nor accepted (as positions past ``max_new_tokens`` do); counting them as rejected
+    would bias alpha and alpha_n down.
+    """
+    emitted = list(guesses[:n_accepted]) + [next_token]
+    counted, judged = n_accepted, n_judged
+    if eos_token_id is not None and eos_token_id in emitted:
+        e = emitted.index(eos_token_id)
+        emitted = emitted[: e + 1]
+        if e < n_accepted:
+            counted = judged = e + 1
+    stats.prompt_drafted[row] += judged
+    stats.prompt_accepted[row] += counted
+    stats.prompt_steps[row] += 1
+    for j in range(min(counted + 1, judged)):
+        stats.reached_per_position[j] += 1
+    for j in range(counted):
+        stats.accepted_per_position[j] += 1
+    return emitted
+
+
 def _generate_chunk(
     target: torch.nn.Module,
     draft: torch.nn.Module | None,
@@ -515,26 +543,10 @@ def _generate_chunk(
         new_pending: list[list[int]] = []
         finished_mask = []
         for b, orig in enumerate(rows):
-            n_b, gb = n_list[b], row_gamma[b]
-            emitted = d_list[b][:n_b] + [nxt_list[b]]
-            counted, judged = n_b, gb
-            if eos_token_id is not None and eos_token_id in emitted:
-                e = emitted.index(eos_token_id)
-                emitted = emitted[: e + 1]
-                if e < n_b:
-                    # EOS was an accepted draft token: the sequence ends there, so later draft positions
-                    # lie past its end and count as neither drafted, reached nor accepted (as positions
-                    # past max_new_tokens do). Counting them as rejected would bias alpha and alpha_n down.
-                    counted = judged = e + 1
+            n_b = n_list[b]
+            emitted = record_row_step(stats, orig, d_list[b], n_b, row_gamma[b], nxt_list[b], eos_token_id)
             out[orig].extend(emitted)
             generated[orig] += len(emitted)
-            stats.prompt_drafted[orig] += judged
-            stats.prompt_accepted[orig] += counted
-            stats.prompt_steps[orig] += 1
-            for k in range(min(counted + 1, judged)):
-                stats.reached_per_position[k] += 1
-            for k in range(counted):
-                stats.accepted_per_position[k] += 1
             if g > 0:
                 new_pending.append(([d_list[b][g - 1]] if n_b == g else []) + [nxt_list[b]])
             elif drf is not None:

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .engine import DecodeStats, SpeculativeOutput, _CachedLM, _pick, _probs, _sync, _validate
+from .engine import DecodeStats, SpeculativeOutput, _CachedLM, _pick, _probs, _sync, _validate, record_row_step
 from .measure import SpeedupMeasurement
 from .mtp import FusedHeads, MTPForCausalLM
 
@@ -283,26 +283,9 @@ def _generate_chunk(
         nxt_list, d_list = nxt.tolist(), guess.tolist()
         finished_mask = []
         for b, orig in enumerate(rows):
-            n_b, gb = n_list[b], row_gamma[b]
-            emitted = d_list[b][:n_b] + [nxt_list[b]]
-            counted, judged = n_b, gb
-            if eos_token_id is not None and eos_token_id in emitted:
-                e = emitted.index(eos_token_id)
-                emitted = emitted[: e + 1]
-                if e < n_b:
-                    # EOS was a kept guess: the sequence ends there, so the guesses after it lie past
-                    # its end and count as neither drafted, reached nor accepted (as in the engine);
-                    # counting them as rejections would bias alpha and alpha_n down.
-                    counted = judged = e + 1
+            emitted = record_row_step(stats, orig, d_list[b], n_list[b], row_gamma[b], nxt_list[b], eos_token_id)
             out[orig].extend(emitted)
             generated[orig] += len(emitted)
-            stats.prompt_drafted[orig] += judged
-            stats.prompt_accepted[orig] += counted
-            stats.prompt_steps[orig] += 1
-            for j in range(min(counted + 1, judged)):
-                stats.reached_per_position[j] += 1
-            for j in range(counted):
-                stats.accepted_per_position[j] += 1
             finished_mask.append(
                 generated[orig] >= max_new_tokens or (eos_token_id is not None and emitted[-1] == eos_token_id))
         cur, drafts, draft_probs = nxt, new_drafts, new_probs

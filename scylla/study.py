@@ -192,7 +192,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", help="output folder (default: experiments/<name>)")
     parser.add_argument("--experiment", default="study", help="experiment preset (default: study)")
     parser.add_argument("--launcher", default="basic", choices=["basic", "joblib", "submitit_local", "local", "slurm"],
-                        help="Hydra launcher for the sweep (default: basic, one job after another)")
+                        help="Hydra launcher for the sweep (default: basic, one job after another; "
+                             "joblib: one job per core, each with its share of the threads)")
     parser.add_argument("--fit-only", action="store_true", help="skip the sweep; fit and report the records there are")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
@@ -219,17 +220,29 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     sweep_seconds = None
     if not args.fit_only and len(done) < len(expected):
-        cmd = [sys.executable, "-m", "scylla.run", "-m", "sweep=grid", f"experiment={args.experiment}", *args.overrides]
-        if args.launcher != "basic":
-            cmd.append(f"hydra/launcher={args.launcher}")
-        _log("$ " + " ".join(cmd))
+        launcher = [f"hydra/launcher={args.launcher}"] if args.launcher != "basic" else []
+        budgets = "[" + ",".join(str(t) for t in axes.tokens) + "]"
+        batches = "[" + ",".join(str(b) for b in axes.batch_sizes) + "]"
+        # Stage 1 trains every draft size in its own job (all budgets in one branched run) and measures
+        # its largest budget: exactly the grid's jobs at that budget. Run first, so that parallel workers
+        # train different sizes instead of waiting on one size's training lock. Stage 2 is the grid:
+        # its remaining jobs only load checkpoints and evaluate.
+        stages = [
+            ["sweep=capacity", f"draft.tokens={max(axes.tokens)}", f"draft.token_budgets={budgets}",
+             f"decode.batch_sizes={batches}"],
+            ["sweep=grid"],
+        ]
         t0 = time.perf_counter()
-        code = subprocess.call(cmd)
+        for stage in stages:
+            cmd = [sys.executable, "-m", "scylla.run", "-m", f"experiment={args.experiment}", *stage,
+                   *args.overrides, *launcher]
+            _log("$ " + " ".join(cmd))
+            code = subprocess.call(cmd)
+            if code != 0:
+                print(f"scylla-study: error: the sweep failed (exit {code}); re-run the same command to resume it "
+                      "(finished jobs are kept and skipped)", file=sys.stderr)
+                return code
         sweep_seconds = time.perf_counter() - t0
-        if code != 0:
-            print(f"scylla-study: error: the sweep failed (exit {code}); re-run the same command to resume it "
-                  "(finished jobs are kept and skipped)", file=sys.stderr)
-            return code
 
     from scylla.fit.cli import fit_results
     from scylla.fit.core import FitError
