@@ -62,7 +62,7 @@ def corpus_model() -> tuple[MTPForCausalLM, list[list[int]], str]:
     took = time.perf_counter() - t0
     prompts = eval_prompts("code", tok, 32, 64, seed=0)
     how = (f"trained with train_budgets on pycode, {budget:,} tokens, byte-level "
-           f"(val loss head 1+..+{N_FUTURE}: {prov.get('val_loss', float('nan')):.3f}; ready in {took:.0f} s, "
+           f"(head-1 val loss: {prov.get('val_loss', float('nan')):.3f}; ready in {took:.0f} s, "
            f"cached at {path})")
     return model, prompts, how
 

@@ -133,14 +133,15 @@ def _mtp_table(frame: pd.DataFrame) -> list[str]:
 
 
 def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str, settings: dict[str, Any],
-                 sweep_seconds: Optional[float]) -> Path:
-    """report.md of a study folder (relative links, so it renders on GitHub)."""
+                 sweep_seconds: Optional[float], name: Optional[str] = None) -> Path:
+    """report.md of a study folder (relative links, so it renders on GitHub). ``name``: the study's
+    name when ``out`` is a staging folder that is renamed afterwards."""
     from scylla.demo import summary_table
 
     pooled_dir = next(iter(sorted(fit_dir.glob("task-all*"))), fit_dir)
     pooled = json.loads((pooled_dir / "fits.json").read_text())
     llama = frame[frame["family"] == "llama"]
-    lines = [f"# Scylla reference study: `{out.name}`", "",
+    lines = [f"# Scylla reference study: `{name or out.name}`", "",
              f"Produced by `{command}` (resumable; `--fit-only` re-fits from the records).", "",
              "## Settings", ""]
     lines += [f"- {k}: {v}" for k, v in settings.items()]
@@ -282,7 +283,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "prompt tokens": job.eval.prompt_tokens, "new tokens per prompt": job.decode.max_new_tokens,
         "temperature": job.decode.temperature, "jobs with records": f"{len(paths)} of {len(expected)}",
     }
-    write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds)
+    write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds,
+                 name=out.name)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

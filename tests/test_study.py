@@ -38,6 +38,7 @@ def test_study_runs_fits_reports_and_resumes(python: str, study_env: dict[str, s
     report = (out / "report.md").read_text()
     assert "## Fitted laws (pooled over tasks)" in report and "bonus" in report
     assert "## Acceptance per task" in report
+    assert report.startswith("# Scylla reference study: `smoke-study`")  # the study's name, not the staging folder
     pooled = next((out / "fit").glob("task-all*"))
     fits = json.loads((pooled / "fits.json").read_text())
     assert fits["n_rows"] == len(table)
