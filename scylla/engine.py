@@ -19,18 +19,16 @@ Counters follow DESIGN.md; ``tau = 1 + accepted / steps`` includes the bonus/cor
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
-from scylla.hf_compat import cache_kwarg, output_cache
+from scylla.hf_compat import cache_kwarg, forward_accepts, output_cache
 
 __all__ = ["DecodeStats", "SpeculativeOutput", "speculative_generate", "check_compatible", "record_row_step"]
 
@@ -157,15 +155,6 @@ def check_compatible(target: torch.nn.Module, draft: torch.nn.Module | None) -> 
         )
 
 
-@lru_cache(maxsize=None)
-def _takes_logits_to_keep(cls: type) -> bool:
-    """Whether ``cls.forward`` can skip the unembedding of all but the last position."""
-    try:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class _CachedLM:
     """A causal LM plus its KV cache, with per-slot validity so ragged rows share one cache.
 
@@ -186,7 +175,8 @@ class _CachedLM:
         pos = self.next_pos[:, None] + valid.long().cumsum(1) - 1
         pos = pos.clamp_min(0)
         attention_mask = torch.cat([self.valid, valid], dim=1).long()
-        extra = {"logits_to_keep": 1} if last_only and _takes_logits_to_keep(type(self.model)) else {}
+        # logits_to_keep (where the model takes it) skips the unembedding of all but the last position.
+        extra = {"logits_to_keep": 1} if last_only and forward_accepts(self.model, "logits_to_keep") else {}
         out = self.model(
             input_ids=tokens,
             attention_mask=attention_mask,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-__all__ = ["CACHE_NAME", "cache_kwarg", "cache_kwarg_for", "output_cache", "causal_mask"]
+__all__ = ["CACHE_NAME", "cache_kwarg", "cache_kwarg_for", "forward_accepts", "output_cache", "causal_mask"]
 
 
 def _takes(fn: Callable[..., Any], name: str) -> bool:
@@ -30,18 +30,22 @@ _MASK_CACHE_NAME = "cache" if _takes(create_causal_mask, "cache") else "past_key
 
 
 @lru_cache(maxsize=None)
-def _forward_cache_name(cls: type) -> str:
+def _class_forward_accepts(cls: type, name: str) -> bool:
     forward = getattr(cls, "forward", None)
-    if forward is not None and _takes(forward, "cache"):
-        return "cache"
-    if forward is not None and _takes(forward, "past_key_values"):
-        return "past_key_values"
-    return CACHE_NAME
+    return forward is not None and _takes(forward, name)
+
+
+def forward_accepts(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` takes the keyword ``name`` (by its signature, cached per class)."""
+    return _class_forward_accepts(type(model), name)
 
 
 def cache_kwarg_for(model: Any) -> str:
     """The keyword under which ``model.forward`` takes a KV cache (by its signature, per class)."""
-    return _forward_cache_name(type(model))
+    for name in ("cache", "past_key_values"):
+        if forward_accepts(model, name):
+            return name
+    return CACHE_NAME
 
 
 def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:

@@ -30,7 +30,6 @@ acceptance, per-row EOS and max_new_tokens, finished rows leaving the batch) and
 
 from __future__ import annotations
 
-import numbers
 import statistics
 import time
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .engine import DecodeStats, SpeculativeOutput, _CachedLM, _pick, _probs, _sync, _validate, record_row_step
+from .engine import (DecodeStats, SpeculativeOutput, _CachedLM, _is_int, _pick, _probs, _sync, _validate,
+                     record_row_step)
 from .measure import SpeedupMeasurement
 from .mtp import FusedHeads, MTPForCausalLM
 
@@ -73,20 +73,16 @@ class _CachedMTP(_CachedLM):
         return h
 
 
-def _check_model(model: Any, k: int, eos_token_id: int | None = None) -> None:
-    """Reject a model without heads, a bad k or a bad EOS id before any forward runs."""
+def _check_model(model: Any, k: int) -> None:
+    """Reject a model without heads or a bad k before any forward runs (the rest: `engine._validate`)."""
     if not isinstance(model, MTPForCausalLM):
         raise TypeError(f"self-speculative decoding needs a scylla.mtp.MTPForCausalLM (a model with future-token "
                         f"heads), got {type(model).__name__}; for a separate draft model use "
                         "scylla.engine.speculative_generate")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    if not _is_int(k) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (heads used; 1 = plain decoding), got {k!r}")
     if k > model.n_future:
         raise ValueError(f"k={k} exceeds the model's n_future={model.n_future} heads; use 1 <= k <= {model.n_future}")
-    vocab = model.config.vocab_size
-    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral)
-                                     or not 0 <= eos_token_id < vocab):
-        raise ValueError(f"eos_token_id must be a token id in [0, {vocab}) or None, got {eos_token_id!r}")
 
 
 @torch.inference_mode()
@@ -116,8 +112,8 @@ def self_speculative_generate(
     Returns:
         ``.sequences`` (generated ids per prompt, input order) and ``.stats`` (`DecodeStats`, gamma=k-1).
     """
-    _check_model(model, k, eos_token_id)
-    _validate(model, None, prompts, int(k) - 1, max_new_tokens, temperature, batch_size)
+    _check_model(model, k)
+    _validate(model, None, prompts, int(k) - 1, max_new_tokens, temperature, batch_size, eos_token_id)
     k, max_new_tokens = int(k), int(max_new_tokens)
     batch_size = None if batch_size is None else int(batch_size)
     device = next(model.parameters()).device
