@@ -6,7 +6,7 @@ models `make demo` trains, and reuses them from the cache when the demo has run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,3 +42,32 @@ def bench_pair(n_prompts: int = 32, prompt_tokens: int = 64) -> tuple[Any, Any, 
     draft = draft_family("llama").build(ctx)
     prompts = eval_prompts("code", ctx.tokenizer, n_prompts, prompt_tokens, seed=0)
     return ctx.target.model, draft.model, prompts
+
+
+def block_forward_ratio(forward_for: Callable[[int], Callable[[torch.Tensor, Any], Any]], prompt: list[int],
+                        width: int, fresh_cache: Callable[[], Any], repeats: int = 60) -> float:
+    """Time of one cached forward on ``width`` new tokens over one on a single token (raw model, no
+    decoding loop), fastest of ``repeats`` interleaved calls each.
+
+    Leviathan's speedup formula takes this ratio to be 1 (verification is free, as on a GPU at small
+    batch); measured on this CPU it bounds what any engine can reach, which is why the benchmarks print
+    it. ``forward_for(w)`` gives the forward that a block of ``w`` tokens runs (``(tokens [1, w], cache)``,
+    appending to the cache); each width gets its own cache from ``fresh_cache()``, prefilled with ``prompt``.
+    """
+    import time
+
+    widths = (1, width)
+    calls = {w: forward_for(w) for w in widths}
+    caches = {w: fresh_cache() for w in widths}
+    block = {w: torch.tensor([prompt[-w:]]) for w in widths}
+    best = {w: float("inf") for w in widths}
+    with torch.inference_mode():
+        for w in widths:
+            calls[w](torch.tensor([prompt]), caches[w])
+        for _ in range(repeats):
+            for w in widths:
+                t0 = time.perf_counter()
+                calls[w](block[w], caches[w])
+                best[w] = min(best[w], time.perf_counter() - t0)
+                caches[w].crop(-w)
+    return best[width] / best[1]

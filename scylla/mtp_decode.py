@@ -383,19 +383,15 @@ def measure_self_speculative_ks(
         self_speculative_generate(model, few, k=1, **short)
         for k in ks:
             self_speculative_generate(model, few, k=k, **short)
-    base_tps: list[float] = []
-    spec_tps: dict[int, list[float]] = {k: [] for k in ks}
-    base = None
-    spec: dict[int, DecodeStats] = {}
+    base_runs: list[DecodeStats] = []
+    spec_runs: dict[int, list[DecodeStats]] = {k: [] for k in ks}
     for _ in range(repeats):
-        base = self_speculative_generate(model, prompts, k=1, **kwargs).stats
-        base_tps.append(base.tokens_per_second)
+        base_runs.append(self_speculative_generate(model, prompts, k=1, **kwargs).stats)
         for k in ks:
-            spec[k] = self_speculative_generate(model, prompts, k=k, **kwargs).stats
-            spec_tps[k].append(spec[k].tokens_per_second)
-    assert base is not None
+            spec_runs[k].append(self_speculative_generate(model, prompts, k=k, **kwargs).stats)
+    base_tps = statistics.median(b.tokens_per_second for b in base_runs)
     return [SelfSpeculativeMeasurement(
-        gamma=k - 1, batch_size=batch_size, speculative=spec[k], baseline=base,
-        speculative_tps=statistics.median(spec_tps[k]), baseline_tps=statistics.median(base_tps),
-        k=k, n_future=model.n_future,
+        gamma=k - 1, batch_size=batch_size, speculative=spec_runs[k][-1], baseline=base_runs[-1],
+        speculative_tps=statistics.median(s.tokens_per_second for s in spec_runs[k]), baseline_tps=base_tps,
+        speculative_runs=spec_runs[k], baseline_runs=base_runs, k=k, n_future=model.n_future,
     ) for k in ks]

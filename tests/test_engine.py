@@ -277,6 +277,19 @@ def test_measure_speedup_reports_consistent_ratios(target, drafts, prompts):
     assert d["tau"] == 4.0 and "tau_definition" in d
 
 
+def test_measure_speedup_summarises_repeats_by_medians(target, drafts, prompts):
+    """Step times and tokens/s are medians over the interleaved repeats, not the last run's timers."""
+    m = measure_speedup(target, drafts["poor"], prompts, gamma=2, batch_size=4, max_new_tokens=9, repeats=3)
+    assert len(m.speculative_runs) == len(m.baseline_runs) == 3
+    assert m.speculative is m.speculative_runs[-1] and m.baseline is m.baseline_runs[-1]
+    per_run = sorted(b.verify_seconds / b.verify_forwards for b in m.baseline_runs)
+    assert m.target_step_seconds == per_run[1]
+    assert m.baseline_tps == sorted(b.tokens_per_second for b in m.baseline_runs)[1]
+    pairs = m.paired_speedups
+    assert len(pairs) == 3 and all(p > 0 for p in pairs)
+    assert pairs[0] == pytest.approx(m.speculative_runs[0].tokens_per_second / m.baseline_runs[0].tokens_per_second)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -357,3 +370,34 @@ def test_sampling_unchanged_by_cache_compaction(target, drafts, monkeypatch):
     plain = speculative_generate(target, drafts["medium"], prompts, **kwargs)
     assert compacted.sequences == plain.sequences
     assert compacted.stats.accepted_per_position == plain.stats.accepted_per_position
+
+
+def test_best_of_summary_takes_each_sides_fastest_run(target, drafts, prompts):
+    m = measure_speedup(target, drafts["poor"], prompts, gamma=2, batch_size=4, max_new_tokens=9, repeats=3)
+    best = m.summarised("best")
+    assert best.baseline_tps == max(b.tokens_per_second for b in m.baseline_runs)
+    assert best.speculative_tps == max(s.tokens_per_second for s in m.speculative_runs)
+    assert best.target_step_seconds == min(b.verify_seconds / b.verify_forwards for b in m.baseline_runs)
+    assert best.summarised("median").speedup == pytest.approx(m.speedup)
+    with pytest.raises(ValueError, match="summary"):
+        m.summarised("mean")
+
+
+def test_block_forward_ratio_times_a_raw_cached_forward(target, prompts):
+    """The benchmarks' hardware bound: cached forward on W tokens over 1 token; the cache is restored."""
+    from transformers import DynamicCache
+
+    from benchmarks.common import block_forward_ratio
+    from scylla.hf_compat import cache_kwarg
+
+    caches = []
+
+    def forward_for(width):
+        def forward(ids, cache):
+            caches.append(cache)
+            return target(input_ids=ids, use_cache=True, **cache_kwarg(target, cache))
+        return forward
+
+    x = block_forward_ratio(forward_for, list(prompts[0]) + [1, 2, 3, 4, 5], 5, DynamicCache, repeats=3)
+    assert 0 < x < float("inf")
+    assert {c.get_seq_length() for c in caches} == {len(prompts[0]) + 5}  # every block was cropped off again

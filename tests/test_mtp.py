@@ -517,6 +517,10 @@ def test_benchmark_reports_measured_ratios(trained, prompts):
                                                             best["speedup_over_tau"] >= 0.85)
     assert any(line.startswith("goal (batch 1") and f"{best['speedup_over_tau']:.2f} x tokens per forward" in line
                for line in lines)
+    # The hardware bound is measured for every k > 1 (a raw forward ratio, positive and finite).
+    raw = goal["raw_forward_ratio"]
+    assert sorted(raw) == list(range(2, N_FUTURE + 1)) and all(0 < x < float("inf") for x in raw.values())
+    assert any(line.startswith("raw forward") and f"k=2: {raw[2]:.2f}" in line for line in lines)
 
 
 # ---------------------------------------------------------------------------------------------------
