@@ -341,7 +341,8 @@ def measure_self_speculative(
 
     The baseline is the same model's plain decoding through the same loop (k = 1 runs the trunk and
     head 1 only). Repeats are interleaved (plain, k heads, plain, ...) and summarised by the median
-    tokens/s, so drifting machine load hits both sides alike; counters come from the last repeat.
+    tokens/s and step times, so drifting machine load hits both sides alike; counters come from the
+    last repeat.
     """
     return measure_self_speculative_ks(model, prompts, ks=[k], batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        temperature=temperature, eos_token_id=eos_token_id, seed=seed,

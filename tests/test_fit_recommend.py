@@ -1,6 +1,7 @@
 """Cost model, speedup composition and the recommendation (Hydra yaml + JSON + Markdown)."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,16 @@ def test_recommend_needs_bootstrap_and_alpha(fitted, table):
         recommend(no_boot, cost, candidates=candidate_drafts(table), token_budgets=[1e7], batch_sizes=[1])
     with pytest.raises(FitError, match="cost model needs"):
         fit_cost_model(table.drop(columns=["draft_step_seconds"]))
+
+
+def test_cost_model_warns_when_verification_was_measured_at_one_gamma():
+    """A single verify width leaves the cost of other gammas to linear interpolation: say so."""
+    from scylla.fit.checks import FitWarning
+
+    one = synthetic_results(2, gammas=(4,), shapes=((64, 2), (128, 4)), tokens=(2e6, 2e7), batch_sizes=(1, 4, 16))
+    with pytest.warns(FitWarning, match=r"1 gamma\(s\) only \(4\)"):
+        fit_cost_model(one)
+    two = synthetic_results(2, gammas=(1, 4), shapes=((64, 2), (128, 4)), tokens=(2e6, 2e7), batch_sizes=(1, 4, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FitWarning)
+        fit_cost_model(two)

@@ -10,6 +10,11 @@ relative errors (each row divided by its measured time) so that fast and slow st
                     (k tokens per row: 1 for plain decoding, gamma + 1 for verification)
 
 Non-negativity keeps extrapolation monotone (a bigger draft is never predicted to be faster).
+The cost of other gammas follows the per-token term. Verification measured at one gamma cannot
+check that, and a warning says so. On this CPU a multi-token forward also pays an extra that barely
+depends on batch size, and the model has no term for it. Fitted on the reference study (gamma 4), it
+predicts the verify/plain step ratio of the gamma 1-2 validation run 12-20% low at batch sizes 1-4
+(experiments/reference/validation/verify_cost_check.txt).
 The bootstrap resamples measured rows.
 """
 
@@ -129,6 +134,12 @@ def fit_cost_model(frame: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0) 
                          dd["batch_size"].to_numpy(float))
     td = dd["draft_step_seconds"].to_numpy(float)
     Ft = _target_features(batch, k)
+    widths = np.unique(k[k > 1])
+    if len(widths) < 2:
+        emit([f"verification was measured at {len(widths)} gamma(s) only ({', '.join(f'{w - 1:g}' for w in widths)}): "
+              "step times at other gammas are interpolated linearly in tokens per row, which under-prices small "
+              "gammas where any multi-token forward costs a fixed extra (a CPU does); sweep two gammas or more, "
+              "e.g. axes.gammas=[1,4], before trusting a recommended gamma far from the measured one"])
     cd, ct = _nnls_rel(Fd, td), _nnls_rel(Ft, t_target)
 
     dboot = tboot = None
