@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -31,9 +31,9 @@ class SpeedupMeasurement:
     speculative_runs: list[DecodeStats] = field(default_factory=list)
     baseline_runs: list[DecodeStats] = field(default_factory=list)
     # How repeats are summarised: "median", or "best" (each side's fastest run, shortest step times).
-    summary: str = "median"
+    summary: Literal["median", "best"] = "median"
 
-    def summarised(self, how: str) -> "SpeedupMeasurement":
+    def summarised(self, how: Literal["median", "best"]) -> "SpeedupMeasurement":
         """The same runs summarised another way. ``"best"`` takes each side's fastest run and shortest
         step times: interference on a shared machine only ever slows a run down, so the fastest of
         several is the closest estimate of the hardware's own cost (the advice of Python's ``timeit``).
@@ -51,12 +51,6 @@ class SpeedupMeasurement:
     def speedup(self) -> float:
         """Wall-clock tokens/s of speculative decoding over plain decoding."""
         return self.speculative_tps / self.baseline_tps
-
-    @property
-    def paired_speedups(self) -> list[float]:
-        """Speedup of each repeat against the plain run just before it (their spread says how far
-        the median ``speedup`` can be trusted)."""
-        return [s.tokens_per_second / b.tokens_per_second for s, b in zip(self._spec_runs, self._base_runs)]
 
     @property
     def _spec_runs(self) -> list[DecodeStats]:

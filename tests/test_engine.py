@@ -285,9 +285,6 @@ def test_measure_speedup_summarises_repeats_by_medians(target, drafts, prompts):
     per_run = sorted(b.verify_seconds / b.verify_forwards for b in m.baseline_runs)
     assert m.target_step_seconds == per_run[1]
     assert m.baseline_tps == sorted(b.tokens_per_second for b in m.baseline_runs)[1]
-    pairs = m.paired_speedups
-    assert len(pairs) == 3 and all(p > 0 for p in pairs)
-    assert pairs[0] == pytest.approx(m.speculative_runs[0].tokens_per_second / m.baseline_runs[0].tokens_per_second)
 
 
 @pytest.mark.parametrize(

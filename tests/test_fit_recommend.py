@@ -182,7 +182,7 @@ def test_cost_model_warns_when_verification_was_measured_at_one_gamma():
     from scylla.fit.checks import FitWarning
 
     one = synthetic_results(2, gammas=(4,), shapes=((64, 2), (128, 4)), tokens=(2e6, 2e7), batch_sizes=(1, 4, 16))
-    with pytest.warns(FitWarning, match=r"1 gamma\(s\) only \(4\)"):
+    with pytest.warns(FitWarning, match=r"1 gamma only \(4\)"):
         fit_cost_model(one)
     two = synthetic_results(2, gammas=(1, 4), shapes=((64, 2), (128, 4)), tokens=(2e6, 2e7), batch_sizes=(1, 4, 16))
     with warnings.catch_warnings():

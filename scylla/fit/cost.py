@@ -136,7 +136,8 @@ def fit_cost_model(frame: pd.DataFrame, *, n_bootstrap: int = 0, seed: int = 0) 
     Ft = _target_features(batch, k)
     widths = np.unique(k[k > 1])
     if len(widths) < 2:
-        emit([f"verification was measured at {len(widths)} gamma(s) only ({', '.join(f'{w - 1:g}' for w in widths)}): "
+        which = f"1 gamma only ({widths[0] - 1:g})" if len(widths) else "no gamma"
+        emit([f"verification was measured at {which}: "
               "step times at other gammas are interpolated linearly in tokens per row, which under-prices small "
               "gammas where any multi-token forward costs a fixed extra (a CPU does); sweep two gammas or more, "
               "e.g. axes.gammas=[1,4], before trusting a recommended gamma far from the measured one"])
