@@ -31,7 +31,9 @@ import time
 from typing import Any, Callable, Sequence
 
 import torch
+from transformers import DynamicCache
 
+from benchmarks.common import block_forward_ratio
 from scylla.models import ModelSpec
 from scylla.mtp import MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream, train_on_stream
 from scylla.mtp_decode import measure_self_speculative_ks
@@ -99,9 +101,6 @@ def _prompts_for(prompts: list[list[int]], batch: int) -> list[list[int]]:
 def _raw_forward_ratio(model: MTPForCausalLM, prompt: list[int], k: int, repeats: int) -> float:
     """Raw cached forward on k tokens through k fused heads (+ unembedding and argmax, as greedy
     decoding does) over one token through head 1 (see `benchmarks.common.block_forward_ratio`)."""
-    from benchmarks.common import block_forward_ratio
-    from transformers import DynamicCache
-
     def forward_for(width: int) -> Callable[[torch.Tensor, Any], Any]:
         fused = model.fused_heads(k if width > 1 else 1)
 
@@ -159,7 +158,7 @@ def run(model: MTPForCausalLM, prompts: list[list[int]], *, batches: Sequence[in
         echo(f"batch 1, wall-clock speedup / tokens per forward: {per_k}")
         # What the hardware allows: speedup / tau = T_plain / T_verify exactly (no draft model), so the raw
         # forward of k tokens through k heads over 1 token through head 1 bounds it (no decoding loop).
-        raw = {r["k"]: _raw_forward_ratio(model, prompts[0], r["k"], max(10, 12 * (repeats or 5))) for r in at_1}
+        raw = {r["k"]: _raw_forward_ratio(model, prompts[0], r["k"], max(10, 12 * r["repeats"])) for r in at_1}
         echo("raw forward, no decoding loop (B=1, KV cache): k tokens through k heads / 1 token through head 1: "
              + ", ".join(f"k={k}: {x:.2f}" for k, x in raw.items())
              + "; so speedup/tau can reach at most " + ", ".join(f"{1 / x:.2f}" for x in raw.values())
