@@ -40,7 +40,7 @@ bench: $(STAMP) ## Run the benchmarks (ratios measured side by side; not tests)
 	$(PY) -m benchmarks.run_all
 
 demo: $(STAMP) ## The main job on the embedded default: train/reuse, sweep a small grid, fit, recommend
-	$(PY) -m scylla.demo
+	$(PY) -m scylla.harness.demo
 
 sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multirun
 	$(VENV)/bin/scylla-run -m sweep=grid experiment=demo
@@ -49,7 +49,7 @@ fit: $(STAMP) ## Fit the laws on a results folder: make fit RESULTS=outputs/resu
 	$(VENV)/bin/scylla-fit $(or $(RESULTS),outputs/results) --out $(or $(OUT),outputs/fit)
 
 study: $(STAMP) ## The reference study into experiments/reference (about 1-1.5 h here, resumable)
-	$(PY) -m scylla.study --launcher joblib
+	$(PY) -m scylla.harness.study --launcher joblib
 
 notebook: $(STAMP) ## Execute notebooks/analysis.ipynb headless on RESULTS (default outputs/results)
 	mkdir -p outputs/notebook

@@ -17,7 +17,7 @@ Model (state how obtained, printed with the table):
   under ``$SCYLLA_CACHE`` (trained on first use, ~5-10 minutes on 2 cores; reused afterwards); prompts
   from the ``code`` task's eval split.
 - ``SCYLLA_MTP_BENCH_SOURCE=synthetic``: the same shape trained for seconds on a second-order Markov
-  stream (`scylla.mtp.synthetic_stream`), for a quick look at the cost side.
+  stream (`scylla.models.mtp.synthetic_stream`), for a quick look at the cost side.
 
 Knobs: ``SCYLLA_BENCH_THREADS`` (2), ``SCYLLA_MTP_BENCH_BATCHES`` ("1,2,4,8,16,32"),
 ``SCYLLA_MTP_BENCH_TOKENS`` (training budget in bytes, 524_288), ``SCYLLA_MTP_BENCH_NEW`` (64 new tokens).
@@ -34,9 +34,9 @@ import torch
 from transformers import DynamicCache
 
 from benchmarks.common import block_forward_ratio
-from scylla.models import ModelSpec
-from scylla.mtp import MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream, train_on_stream
-from scylla.mtp_decode import measure_self_speculative_ks
+from scylla.models.llama import ModelSpec
+from scylla.models.mtp import MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream, train_on_stream
+from scylla.decode.mtp import measure_self_speculative_ks
 
 N_FUTURE = 4
 # Trunk 6 layers + 4 one-layer heads at width 64, byte-level: a model this CPU trains in minutes. Bytes
@@ -51,10 +51,10 @@ def _env_int(name: str, default: int) -> int:
 
 def corpus_model() -> tuple[MTPForCausalLM, list[list[int]], str]:
     """4-head MTP model trained on pycode through `train_budgets` (cached), and code-task prompts."""
-    from scylla.checkpoints import load_checkpoint
-    from scylla.data import eval_prompts
-    from scylla.tokenizer import default_cache_dir, get_tokenizer
-    from scylla.train import TrainConfig, train_budgets
+    from scylla.training.checkpoints import load_checkpoint
+    from scylla.data.tasks import eval_prompts
+    from scylla.data.tokenizer import default_cache_dir, get_tokenizer
+    from scylla.training.trainer import TrainConfig, train_budgets
 
     corpora = ["pycode"]
     cache = default_cache_dir()

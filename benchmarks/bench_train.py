@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from scylla.checkpoints import read_provenance
-from scylla.models import ModelSpec, build_llama, count_parameters
-from scylla.presets import DRAFTS, TARGETS, spec_for
-from scylla.tokenizer import default_cache_dir, get_tokenizer
-from scylla.train import BatchSampler, TrainConfig, _loss, _make_optimizer, plan_branch, train_budgets
+from scylla.training.checkpoints import read_provenance
+from scylla.models.llama import ModelSpec, build_llama, count_parameters
+from scylla.harness.presets import spec_for
+from scylla.data.tokenizer import default_cache_dir, get_tokenizer
+from scylla.training.trainer import BatchSampler, TrainConfig, _loss, _make_optimizer, plan_branch, train_budgets
 
 
 def throughput(spec: ModelSpec, sampler: BatchSampler, cfg: TrainConfig, steps: int) -> dict[bool, float]:
@@ -65,8 +65,8 @@ def main() -> None:
     (shared / "tokens").mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(seq_len=256, batch_size=16)
 
-    from scylla.data import load_corpus
-    from scylla.train import token_stream
+    from scylla.data.corpora import load_corpus
+    from scylla.training.trainer import token_stream
 
     stream = token_stream(load_corpus("kjv"), tok, "train", shared)
     sampler = BatchSampler(stream, cfg.seq_len, cfg.batch_size, seed=0)

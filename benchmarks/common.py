@@ -1,6 +1,6 @@
 """Models shared by the benchmarks: the demo target and a small draft from the checkpoint cache.
 
-Built through the pipeline's own stages (`scylla.pipeline`), so the benchmark measures exactly the
+Built through the pipeline's own stages (`scylla.harness.pipeline`), so the benchmark measures exactly the
 models `make demo` trains, and reuses them from the cache when the demo has run.
 """
 
@@ -19,8 +19,8 @@ BENCH_DRAFT_BUDGETS = (400_000, 800_000, 1_600_000)
 def bench_context(overrides: list[str] | None = None) -> Any:
     """A pipeline JobContext for the default config (+ overrides), tokenizer ready."""
     from scylla.config import compose, validate
-    from scylla.pipeline import JobContext, _abs, build_tokenizer, resolve_device
-    from scylla.tracking import make_tracker
+    from scylla.harness.pipeline import JobContext, _abs, build_tokenizer, resolve_device
+    from scylla.harness.tracking import make_tracker
 
     cfg = validate(compose(list(overrides or [])))
     ctx = JobContext(cfg=cfg, cache_dir=_abs(cfg.paths.cache_dir), device=resolve_device("auto"),
@@ -32,8 +32,8 @@ def bench_context(overrides: list[str] | None = None) -> Any:
 
 def bench_pair(n_prompts: int = 32, prompt_tokens: int = 64) -> tuple[Any, Any, list[list[int]]]:
     """(target, draft, code-task prompts): trained on first use, cached afterwards."""
-    from scylla.data import eval_prompts
-    from scylla.pipeline import build_target, draft_family
+    from scylla.data.tasks import eval_prompts
+    from scylla.harness.pipeline import build_target, draft_family
 
     budgets = "[" + ",".join(map(str, BENCH_DRAFT_BUDGETS)) + "]"
     ctx = bench_context([f"draft={BENCH_DRAFT}", f"draft.tokens={BENCH_DRAFT_TOKENS}", f"draft.token_budgets={budgets}",

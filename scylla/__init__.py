@@ -4,9 +4,10 @@ Metric convention used everywhere: ``tau = 1 + accepted / steps`` counts tokens 
 forward *including* the bonus/correction token (1.00 for plain decoding).
 """
 
-from scylla.analytic import batch_speedup, best_gamma, expected_tau, leviathan_speedup
-from scylla.engine import DecodeStats, SpeculativeOutput, speculative_generate
-from scylla.models import ModelSpec, build_llama, count_parameters, load_causal_lm
+from scylla.measure.analytic import batch_speedup, best_gamma, expected_tau, leviathan_speedup
+from scylla.decode.engine import DecodeStats, SpeculativeOutput, speculative_generate
+from scylla.models.llama import ModelSpec, build_llama, count_parameters
+from scylla.models.pretrained import load_causal_lm
 
 __version__ = "0.1.0"
 

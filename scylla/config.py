@@ -79,7 +79,7 @@ def _check_shape(prefix: str, d_model: int, n_layers: int, n_heads: int, ffn_dim
 
 @dataclass
 class DataConfig:
-    """Training corpora (registry names of `scylla.data.load_corpus`) and per-corpus loader options."""
+    """Training corpora (registry names of `scylla.data.corpora.load_corpus`) and per-corpus loader options."""
 
     corpora: list[str] = field(default_factory=lambda: ["pycode", "shakespeare", "kjv"])
     corpus_options: dict[str, Any] = field(default_factory=dict)
@@ -136,8 +136,8 @@ class TargetConfig:
             _positive(self.tokens, "target.tokens")
 
     def to_spec(self, vocab_size: int) -> Any:
-        """The `scylla.models.ModelSpec` of a preset target."""
-        from scylla.models import ModelSpec
+        """The `scylla.models.llama.ModelSpec` of a preset target."""
+        from scylla.models.llama import ModelSpec
 
         return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                          ffn_dim=self.ffn_dim, vocab_size=vocab_size)
@@ -191,8 +191,8 @@ class DraftConfig:
                    "is only used by family=mtp; set it to false")
 
     def to_spec(self, vocab_size: int) -> Any:
-        """The `scylla.models.ModelSpec` of this draft (its trunk, for family=mtp)."""
-        from scylla.models import ModelSpec
+        """The `scylla.models.llama.ModelSpec` of this draft (its trunk, for family=mtp)."""
+        from scylla.models.llama import ModelSpec
 
         return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                          ffn_dim=self.ffn_dim, vocab_size=vocab_size)
@@ -205,7 +205,7 @@ class DraftConfig:
 
 @dataclass
 class TrainSchema:
-    """Pretraining settings shared by target and drafts; mirrors `scylla.train.TrainConfig` field for
+    """Pretraining settings shared by target and drafts; mirrors `scylla.training.trainer.TrainConfig` field for
     field (threads excepted: that is a runtime knob, see ``runtime.threads``)."""
 
     seq_len: int = 256
@@ -251,10 +251,10 @@ class TrainSchema:
                "train.eval_every/save_every_*", "must be >= 0")
 
     def to_train_config(self, threads: Optional[int] = None) -> Any:
-        """The `scylla.train.TrainConfig` these settings describe."""
+        """The `scylla.training.trainer.TrainConfig` these settings describe."""
         import dataclasses
 
-        from scylla.train import TrainConfig
+        from scylla.training.trainer import TrainConfig
 
         return TrainConfig(**dataclasses.asdict(self), threads=threads)
 
@@ -282,7 +282,7 @@ class DecodeConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out prompts per task (tasks of `scylla.data.TASKS`) and wall-clock repeats."""
+    """Held-out prompts per task (tasks of `scylla.data.tasks.TASKS`) and wall-clock repeats."""
 
     tasks: list[str] = field(default_factory=lambda: ["code", "shakespeare", "bible"])
     n_prompts: int = 32
@@ -410,7 +410,7 @@ class ScyllaConfig:
 
 def _known_tasks() -> Optional[set[str]]:
     try:
-        from scylla.data import TASKS
+        from scylla.data.tasks import TASKS
     except ImportError:  # data module not importable: the pipeline checks task names itself
         return None
     return set(TASKS)
@@ -622,7 +622,7 @@ def to_plain_dict(cfg: DictConfig | ScyllaConfig) -> dict[str, Any]:
 
 
 # Sections that decide what a job measures. Logger, paths and runtime (threads, progress) do not.
-# Train settings that change neither weights nor the recorded losses (as in scylla.train.TrainConfig).
+# Train settings that change neither weights nor the recorded losses (as in scylla.training.trainer.TrainConfig).
 _TRAIN_NON_KEY = ("log_every", "eval_every", "save_every_steps", "save_every_seconds")
 IDENTITY_KEYS = ("data", "tokenizer", "target", "draft", "train", "decode", "eval", "seed")
 

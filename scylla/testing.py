@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from scylla.models import ModelSpec, build_llama
+from scylla.models.llama import ModelSpec, build_llama
 
 
 def tiny_llama(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scylla.analytic import batch_speedup, best_gamma, expected_tau, leviathan_speedup
+from scylla.measure.analytic import batch_speedup, best_gamma, expected_tau, leviathan_speedup
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

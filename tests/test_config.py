@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from scylla.config import (ConfigError, ScyllaConfig, compose, config_dir, config_hash, scrub_secrets,
                            to_plain_dict, validate)
-from scylla.pipeline import resolve_threads
+from scylla.harness.pipeline import resolve_threads
 
 CONFIGS = config_dir()
 GROUPS = ["data", "tokenizer", "target", "draft", "train", "decode", "eval", "logger", "sweep", "experiment"]
@@ -51,7 +51,7 @@ def test_every_option_composes_and_instantiates(group: str, option: str) -> None
 
 
 def test_sweep_presets_expand_to_the_expected_jobs() -> None:
-    from scylla.sweep_summary import count_jobs
+    from scylla.harness.sweep_summary import count_jobs
 
     cfg = compose(["sweep=grid", "experiment=smoke"], return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
@@ -68,7 +68,7 @@ def test_sweep_presets_expand_to_the_expected_jobs() -> None:
 
 
 def test_draft_family_spans_decades_with_depth_and_width_knobs() -> None:
-    from scylla.models import build_llama, count_parameters
+    from scylla.models.llama import build_llama, count_parameters
 
     sizes = {}
     shapes = set()
@@ -84,11 +84,11 @@ def test_draft_family_spans_decades_with_depth_and_width_knobs() -> None:
 
 
 def test_presets_mirror_the_python_presets() -> None:
-    presets = pytest.importorskip("scylla.presets")
+    presets = pytest.importorskip("scylla.harness.presets")
     for group, table in (("target", getattr(presets, "TARGETS", {})), ("draft", getattr(presets, "DRAFTS", {}))):
         for name, spec in table.items():
             path = CONFIGS / group / f"{name}.yaml"
-            assert path.is_file(), f"scylla.presets.{group.upper()}S[{name!r}] has no configs/{group}/{name}.yaml"
+            assert path.is_file(), f"scylla.harness.presets.{group.upper()}S[{name!r}] has no configs/{group}/{name}.yaml"
             node = OmegaConf.load(path)
             for key in ("d_model", "n_layers", "n_heads", "ffn_dim"):
                 if key in spec:
@@ -140,7 +140,7 @@ def test_token_must_be_one_of_the_sweep_budgets() -> None:
 ])
 def test_cli_rejects_bad_overrides_without_a_traceback(args: list[str], needle: str, python: str,
                                                        subprocess_env: dict, tmp_path: Path) -> None:
-    proc = subprocess.run([python, "-m", "scylla.run", *args, f"hydra.run.dir={tmp_path}/run",
+    proc = subprocess.run([python, "-m", "scylla.harness.run", *args, f"hydra.run.dir={tmp_path}/run",
                            f"hydra.sweep.dir={tmp_path}/sweep", f"paths.results_dir={tmp_path}/results"],
                           capture_output=True, text=True, env=subprocess_env, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
@@ -176,7 +176,7 @@ def test_secrets_never_travel(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_threads_per_job_do_not_oversubscribe(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scylla.pipeline as pipeline
+    import scylla.harness.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "available_cores", lambda: 8)
     joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -243,7 +243,7 @@ def test_cli_refuses_a_credential_before_hydra_writes_anything(python: str, subp
                                                                tmp_path: Path) -> None:
     secret = "wandb-cli-secret-0099887766"
     env = {**subprocess_env, "WANDB_API_KEY": secret}
-    proc = subprocess.run([python, "-m", "scylla.run", f"logger.project={secret}", f"hydra.run.dir={tmp_path}/run",
+    proc = subprocess.run([python, "-m", "scylla.harness.run", f"logger.project={secret}", f"hydra.run.dir={tmp_path}/run",
                            f"paths.results_dir={tmp_path}/results"],
                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "credentials are not accepted" in proc.stderr

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from scylla.data import TASKS, Corpus, CorpusError, Document, Task, eval_prompts, load_corpus, register_task
-from scylla.tokenizer import ByteTokenizer
+from scylla.data.corpora import Corpus, CorpusError, Document, load_corpus
+from scylla.data.tasks import TASKS, Task, eval_prompts, register_task
+from scylla.data.tokenizer import ByteTokenizer
 
 
 def _write_folder(root, n=12):

@@ -11,8 +11,8 @@ from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from scylla import speculative_generate
-from scylla.measure import measure_speedup
-from scylla.models import load_causal_lm
+from scylla.measure.speedup import measure_speedup
+from scylla.models.pretrained import load_causal_lm
 from scylla.testing import perturbed_copy, random_prompts, tiny_llama
 
 VOCAB = 64
@@ -348,7 +348,7 @@ def test_stats_of_different_gammas_do_not_merge(target, prompts):
 def test_sampling_unchanged_by_cache_compaction(target, drafts, monkeypatch):
     """Compaction moves cache slots (positions stay in the keys): with the same seed, sampled outputs
     and counters must be those of a run that never compacts."""
-    from scylla import engine
+    from scylla.decode import engine
 
     prompts = random_prompts(6, VOCAB, 2, 30, seed=9)
     kwargs = dict(gamma=5, max_new_tokens=50, batch_size=6, temperature=1.0, seed=4)
@@ -385,7 +385,7 @@ def test_block_forward_ratio_times_a_raw_cached_forward(target, prompts):
     from transformers import DynamicCache
 
     from benchmarks.common import block_forward_ratio
-    from scylla.hf_compat import cache_kwarg
+    from scylla.models.hf_compat import cache_kwarg
 
     caches = []
 

@@ -77,8 +77,8 @@ def test_help_documents_the_options():
 
 
 def test_wandb_source_as_a_results_spec(monkeypatch):
-    """`make fit RESULTS=wandb:team/proj` reaches scylla.results.load_wandb with the project path."""
-    from scylla import results
+    """`make fit RESULTS=wandb:team/proj` reaches scylla.harness.results.load_wandb with the project path."""
+    from scylla.harness import results
 
     seen = []
     monkeypatch.setattr(results, "load_wandb", lambda project: seen.append(project) or pd.DataFrame({"a": [1]}))

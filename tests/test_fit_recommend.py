@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scylla.analytic import batch_speedup, leviathan_speedup
+from scylla.measure.analytic import batch_speedup, leviathan_speedup
 from scylla.fit import FitError, fit_law
 from scylla.fit.cost import fit_cost_model
 from scylla.fit.recommend import acceptance_table, candidate_drafts, recommend
@@ -50,7 +50,7 @@ def test_acceptance_table_pools_batch_sizes_and_gammas(table):
 
 
 def test_token_acceptance_from_tau_inverts_the_iid_chain_model():
-    from scylla.analytic import expected_tau
+    from scylla.measure.analytic import expected_tau
     from scylla.fit.recommend import token_acceptance_from_tau
 
     p = np.array([0.1, 0.5, 0.8, 0.95])

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scylla.measure import SpeedupMeasurement
-from scylla.models import ModelSpec, build_llama, count_parameters
-from scylla.mtp import (MTPConfig, MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream,
-                        train_on_stream, trunk_layers_for)
-from scylla.mtp_decode import measure_self_speculative, measure_self_speculative_ks, self_speculative_generate
+from scylla.measure.speedup import SpeedupMeasurement
+from scylla.models.llama import ModelSpec, build_llama, count_parameters
+from scylla.models.mtp import MTPConfig, MTPForCausalLM, build_mtp, mtp_factory, mtp_parameter_counts, synthetic_stream, train_on_stream, trunk_layers_for
+from scylla.decode.mtp import measure_self_speculative, measure_self_speculative_ks, self_speculative_generate
 
 VOCAB = 32
 SPEC = ModelSpec(d_model=32, n_layers=2, n_heads=4, vocab_size=VOCAB, tie_embeddings=False, max_seq_len=256)
@@ -254,10 +253,10 @@ def test_hf_generate_is_plain_greedy(trained, prompts):
 @pytest.mark.parametrize("batch_size,merged", [(1, True), (8, True), (1, False), (8, False)])
 def test_greedy_output_identical_to_plain_greedy(trained, prompts, batch_size, merged, monkeypatch):
     """Every k, batch sizes 1 and 8, ragged prompts; with the one-matmul unembedding and without."""
-    import scylla.mtp_decode
+    import scylla.decode.mtp
 
     if not merged:
-        monkeypatch.setattr(scylla.mtp_decode, "_MERGE_UNEMBED_MACS", -1)
+        monkeypatch.setattr(scylla.decode.mtp, "_MERGE_UNEMBED_MACS", -1)
     model, _ = trained
     n_new = 24
     reference = [naive_greedy(model, p, n_new) for p in prompts]
@@ -462,11 +461,11 @@ def test_one_measurement_per_head_count_with_a_shared_baseline(trained, prompts)
 
 def test_pipeline_job_writes_one_row_per_head_count(trained, prompts, tmp_path, monkeypatch):
     """An MTP job measures every k' in 2..k inside the job; `load` gives each its gamma, tau and per-head columns."""
-    import scylla.data
+    import scylla.data.tasks
     from scylla.config import compose
-    from scylla.pipeline import JobContext, PreparedModel, measure, mtp_measure_fn
-    from scylla.results import records_to_frame
-    from scylla.tracking import Tracker
+    from scylla.harness.pipeline import JobContext, PreparedModel, measure, mtp_measure_fn
+    from scylla.harness.results import records_to_frame
+    from scylla.harness.tracking import Tracker
 
     model, _ = trained
     cfg = compose(["experiment=smoke", "draft=tiny-mtp", f"draft.k={N_FUTURE}", "eval.tasks=[bible]",
@@ -474,7 +473,7 @@ def test_pipeline_job_writes_one_row_per_head_count(trained, prompts, tmp_path, 
     from scylla.config import validate
 
     job = validate(cfg)
-    monkeypatch.setattr(scylla.data, "eval_prompts", lambda *a, **k: prompts)
+    monkeypatch.setattr(scylla.data.tasks, "eval_prompts", lambda *a, **k: prompts)
     ctx = JobContext(cfg=job, cache_dir=tmp_path, device="cpu", threads=1, tracker=Tracker(), progress=False,
                      target=PreparedModel(model, {}))
     rows = measure(ctx, PreparedModel(model, {}, measure=mtp_measure_fn(N_FUTURE)))
@@ -529,9 +528,9 @@ def test_benchmark_reports_measured_ratios(trained, prompts):
 
 def test_train_budgets_trains_branches_resumes_and_reloads_an_mtp_model(tmp_path):
     """Token budgets, branched checkpoints and resume of the project's loop, with the summed MTP loss."""
-    from scylla.checkpoints import load_checkpoint, read_provenance
-    from scylla.tokenizer import ByteTokenizer
-    from scylla.train import TrainConfig, train_budgets
+    from scylla.training.checkpoints import load_checkpoint, read_provenance
+    from scylla.data.tokenizer import ByteTokenizer
+    from scylla.training.trainer import TrainConfig, train_budgets
 
     tok = ByteTokenizer()
     spec = ModelSpec(d_model=32, n_layers=2, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=64)
@@ -569,7 +568,7 @@ def test_train_budgets_trains_branches_resumes_and_reloads_an_mtp_model(tmp_path
 
 def test_validation_loss_of_an_mtp_model_is_its_next_token_loss():
     """Provenance val_loss must compare with a plain draft's: head 1 only, not the sum over heads."""
-    from scylla.train import validation_loss
+    from scylla.training.trainer import validation_loss
 
     spec = ModelSpec(d_model=32, n_layers=3, n_heads=4, vocab_size=VOCAB)
     model = build_mtp(spec, 3, seed=0)

@@ -17,7 +17,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 from scylla.fit.synthetic import TRUTH, synthetic_results  # noqa: E402
-from scylla.results import COLUMNS  # noqa: E402
+from scylla.harness.results import COLUMNS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -41,7 +41,7 @@ def test_committed_notebook_is_stripped_and_parameterised():
 
 @pytest.fixture(scope="module")
 def results_table(tmp_path_factory) -> Path:
-    """A tidy results table with the columns of scylla.results.COLUMNS: separate drafts (4 shapes x 5
+    """A tidy results table with the columns of scylla.harness.results.COLUMNS: separate drafts (4 shapes x 5
     token budgets x 5 batch sizes x 2 gammas) plus a few self-speculative (mtp) rows."""
     batch_sizes = (1, 2, 4, 8, 16)
     llama = synthetic_results(2, shapes=((64, 2), (128, 2), (128, 4), (256, 4)), batch_sizes=batch_sizes)

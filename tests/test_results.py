@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from scylla.config import LoggerConfig
-from scylla.results import COLUMNS, ResultsError, ResultStore, load, load_wandb, records_to_frame
-from scylla.tracking import WandbTracker, make_tracker, resolve_mode
+from scylla.harness.results import COLUMNS, ResultsError, ResultStore, load, load_wandb, records_to_frame
+from scylla.harness.tracking import WandbTracker, make_tracker, resolve_mode
 
 CONTRACT = [
     "run_id", "family", "task", "draft_name", "draft_params", "draft_params_non_embedding", "draft_n_layers",
@@ -41,7 +41,7 @@ def _stats(accepted_pos: list[int], reached_pos: list[int], steps: int, gamma: i
 
 
 def make_record(run_id: str = "abc123", draft: str = "draft-w32", tokens: int = 1000, batches=(1, 4)) -> dict[str, Any]:
-    """A record shaped like the pipeline's (field names from scylla.pipeline.run_job)."""
+    """A record shaped like the pipeline's (field names from scylla.harness.pipeline.run_job)."""
     measurements = []
     for task in ("code", "bible"):
         for b in batches:

@@ -1,4 +1,4 @@
-"""`scylla.study` end to end on the smoke experiment: sweep, export, fit per task and pooled, report;
+"""`scylla.harness.study` end to end on the smoke experiment: sweep, export, fit per task and pooled, report;
 resuming skips finished jobs; bad input fails with one clear message and leaves no half-written study."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 
 def _study(python: str, env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "scylla.study", *args], env=env, cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([python, "-m", "scylla.harness.study", *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -49,7 +49,7 @@ def test_study_runs_fits_reports_and_resumes(python: str, study_env: dict[str, s
                    "runtime.progress=false", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 already done" in again.stdout
-    assert "scylla.run" not in again.stdout  # no sweep command was run
+    assert "scylla.harness.run" not in again.stdout  # no sweep command was run
 
 
 def test_study_bad_input_is_one_clear_error(python: str, study_env: dict[str, str], tmp_path: Path) -> None:

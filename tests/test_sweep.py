@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from scylla.config import compose, config_hash
-from scylla.pipeline import run_job
-from scylla.results import ResultStore, load
+from scylla.harness.pipeline import run_job
+from scylla.harness.results import ResultStore, load
 
 SMOKE = ["experiment=smoke", "runtime.threads=1", "runtime.progress=false"]
 GRID_BUDGETS = "[2048,4096]"
@@ -55,7 +55,7 @@ def trained(scylla_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "scylla.run", *args], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "scylla.harness.run", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=timeout)
     assert proc.returncode == 0, f"scylla-run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -89,7 +89,7 @@ def test_job_writes_one_complete_record_and_skips_on_rerun(trained: dict[str, An
 
 def test_token_sweep_jobs_share_one_training_run(trained: dict[str, Any], scylla_cache: Path,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import scylla.train as train
+    import scylla.training.trainer as train
 
     state = trained["state"]
     for shape in ((64, 2), (16, 1), (32, 2)):  # target, tiny1, tiny2: one run each, never one per budget
@@ -153,7 +153,7 @@ def test_grid_sweep_killed_midway_resumes_without_loss_or_duplicates(trained: di
                             "decode.batch_sizes=[1,4]")
                 for d in ("tiny1", "tiny2") for t in (2048, 4096)}
     assert len(expected) == 4
-    proc = subprocess.Popen([sys.executable, "-m", "scylla.run", *args, f"hydra.sweep.dir={tmp_path}/sweep1"],
+    proc = subprocess.Popen([sys.executable, "-m", "scylla.harness.run", *args, f"hydra.sweep.dir={tmp_path}/sweep1"],
                             cwd=tmp_path, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -193,7 +193,7 @@ def test_batch_sweep_with_joblib_never_retrains(trained: dict[str, Any], tmp_pat
     assert sorted(set(frame.gamma)) == [2, 3] and sorted(set(frame.batch_size)) == [1, 4]
     assert len(frame) == 2 * 2 * 2
     assert "2 run, 0 skipped" in out.stdout
-    from scylla.pipeline import available_cores
+    from scylla.harness.pipeline import available_cores
 
     threads = {r["provenance"]["threads"] for r in ResultStore(results)}
     assert threads == {max(1, available_cores() // 2)}, "joblib jobs must split the cores between them"
@@ -244,7 +244,7 @@ def test_capacity_sweep_with_submitit_local(trained: dict[str, Any], tmp_path: P
 
 
 def test_demo_grid_ids_match_the_sweep_and_the_table_reads_them(tmp_path: Path) -> None:
-    from scylla.demo import grid_run_ids, summary_table
+    from scylla.harness.demo import grid_run_ids, summary_table
 
     ids = grid_run_ids("smoke", [f"paths.results_dir={tmp_path}", "runtime.threads=1"])
     expected = {expected_id(tmp_path, f"draft={d}", f"draft.tokens={t}", f"draft.token_budgets={GRID_BUDGETS}",
@@ -252,7 +252,7 @@ def test_demo_grid_ids_match_the_sweep_and_the_table_reads_them(tmp_path: Path) 
     assert ids == expected
     from test_results import make_record
 
-    from scylla.results import records_to_frame
+    from scylla.harness.results import records_to_frame
 
     frame = records_to_frame([make_record("a", "draft-w32", 1000), make_record("b", "draft-w64", 2000)])
     table = summary_table(frame)
@@ -264,7 +264,7 @@ def test_demo_runs_the_grid_and_prints_the_summary(trained: dict[str, Any], tmp_
                                                    subprocess_env: dict[str, str]) -> None:
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "scylla.demo", "--experiment", "smoke", "--no-fit",
+    proc = subprocess.run([sys.executable, "-m", "scylla.harness.demo", "--experiment", "smoke", "--no-fit",
                            f"paths.results_dir={tmp_path}/results", "runtime.progress=false",
                            f"hydra.sweep.dir={tmp_path}/sweep"],
                           capture_output=True, text=True, env=subprocess_env, cwd=tmp_path, timeout=600)

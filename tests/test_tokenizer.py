@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import scylla.tokenizer as tokmod
-from scylla.data import load_corpus
-from scylla.tokenizer import ByteTokenizer, TokenizerError, get_tokenizer, load_tokenizer
+import scylla.data.tokenizer as tokmod
+from scylla.data.corpora import load_corpus
+from scylla.data.tokenizer import ByteTokenizer, TokenizerError, get_tokenizer, load_tokenizer
 
 SAMPLES = [
     "def f(x):\n    return x ** 2  # squares\n",

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scylla.checkpoints import CheckpointError, load_checkpoint, read_provenance
-from scylla.data import CorpusError
-from scylla.models import ModelSpec, build_llama
-from scylla.tokenizer import ByteTokenizer
-from scylla.train import TrainConfig, TrainError, branch_lr, plan_branch, train_budgets, trunk_lr
+from scylla.training.checkpoints import CheckpointError, load_checkpoint, read_provenance
+from scylla.data.corpora import CorpusError
+from scylla.models.llama import ModelSpec, build_llama
+from scylla.data.tokenizer import ByteTokenizer
+from scylla.training.trainer import TrainConfig, TrainError, branch_lr, plan_branch, train_budgets, trunk_lr
 
 CORPUS = ["shakespeare"]
 OPTIONS = {"shakespeare": {"max_docs": 24}}
@@ -160,7 +160,7 @@ def _sigkilled_job(cache: str, mode: str, at: Any) -> None:
     import os
     import signal
 
-    import scylla.checkpoints as ckpt
+    import scylla.training.checkpoints as ckpt
 
     torch.set_num_threads(1)
     logger = None
@@ -220,7 +220,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, kill_reference, mo
 
 
 def test_train_state_files_are_replaced_not_overwritten(tmp_path):
-    from scylla.checkpoints import load_train_state, save_train_state
+    from scylla.training.checkpoints import load_train_state, save_train_state
 
     model = build_llama(SPEC, seed=0)
     opt = torch.optim.AdamW(model.parameters())
@@ -240,7 +240,7 @@ def test_load_checkpoint_round_trip_and_refusals(tmp_path):
     assert model(input_ids=x).logits.shape == (1, 4, SPEC.vocab_size)
     assert (path / "tokenizer" / "scylla_tokenizer.json").exists()
     # The file-level corpus manifest travels with the checkpoint and matches the recorded hash.
-    from scylla.data import load_corpus
+    from scylla.data.corpora import load_corpus
 
     manifest = json.loads((path / "corpus_manifest.json").read_text())
     corpus = load_corpus("shakespeare", **OPTIONS["shakespeare"])
@@ -301,8 +301,8 @@ def test_concurrent_jobs_train_once(tmp_path):
 @pytest.mark.slow
 def test_real_corpora_draft_learns(tmp_path):
     """A preset draft on the three built-in corpora with the 4k BPE learns well below a uniform guess."""
-    from scylla.presets import spec_for
-    from scylla.tokenizer import get_tokenizer
+    from scylla.harness.presets import spec_for
+    from scylla.data.tokenizer import get_tokenizer
 
     corpora = ["pycode", "shakespeare", "kjv"]
     tok = get_tokenizer("bpe", 4096, corpora, cache_dir=tmp_path)

@@ -62,29 +62,22 @@ def _table_files(spec: str) -> list[Path] | None:
 
 def load_table(path: str | None = None, wandb_project: str | None = None) -> pd.DataFrame:
     """The results table: tidy tables (.parquet/.csv/.jsonl) are read directly; a folder, file or glob
-    of job records goes through `scylla.results.load`, a wandb project through
-    `scylla.results.load_wandb` (also when path is `wandb:<project>` or `wandb:<entity>/<project>`,
+    of job records goes through `scylla.harness.results.load`, a wandb project through
+    `scylla.harness.results.load_wandb` (also when path is `wandb:<project>` or `wandb:<entity>/<project>`,
     so `make fit RESULTS=wandb:...` works)."""
-    try:
-        from scylla import results as _results  # written by the results subsystem
-    except ImportError:
-        _results = None
+    from scylla.harness import results as _results
+
     if path is not None and path.startswith("wandb:") and not wandb_project:
         wandb_project = path.removeprefix("wandb:").strip("/")  # `make fit RESULTS=wandb:entity/project`
         if not wandb_project:
             raise InputError("'wandb:' needs a project name, e.g. wandb:scylla or wandb:my-team/scylla")
     if wandb_project:
-        if _results is None or not hasattr(_results, "load_wandb"):
-            raise InputError("--wandb-project needs scylla.results.load_wandb, which this installation lacks; "
-                             "export the runs to a results folder and pass its path instead")
         return _results.load_wandb(wandb_project)
     if path is None:
         raise InputError("give a results path (folder, file or glob) or --wandb-project")
     files = _table_files(path)
     if files is not None:
         return pd.concat([_READERS[f.suffix](f) for f in files], ignore_index=True)
-    if _results is None:
-        raise InputError(f"{path!r} holds job records but scylla.results is not installed to read them")
     try:
         return _results.load(path)
     except ValueError as exc:  # ResultsError

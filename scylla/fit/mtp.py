@@ -1,6 +1,6 @@
 """The multi-token-prediction (self-speculative) family in the fitter: pooled tables and tau against k.
 
-An MTP job with a k-head model measures every k' in 2..k (`scylla.pipeline.mtp_measure_fn`), so the
+An MTP job with a k-head model measures every k' in 2..k (`scylla.harness.pipeline.mtp_measure_fn`), so the
 results table has one row per (job, task, batch size, k') with ``gamma = k' - 1``. What is fitted and
 reported for the family (see docs/fitting.md, "Multi-token prediction"):
 

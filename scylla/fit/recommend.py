@@ -1,7 +1,7 @@
 """Recommendation: which draft to train, with which gamma at each serving batch size.
 
 Fitted acceptance alpha(tokens, params) is composed with the fitted cost model into the predicted
-speedup of DESIGN.md,
+speedup of docs/design.md,
 
     S(B) = tau(alpha, gamma) * T_t(B, 1) / (T_t(B, gamma + 1) + gamma * T_d(B, 1)),
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..analytic import batch_speedup
+from scylla.measure.analytic import batch_speedup
 from .checks import emit
 from .core import FitError, FitResult, single_thread_blas
 from .cost import CostModel
@@ -65,7 +65,7 @@ def _reached(frame: pd.DataFrame) -> np.ndarray:
 def acceptance_table(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """One row per draft configuration with counters summed over batch sizes and gammas.
 
-    Per-token acceptance does not depend on batch size (DESIGN.md), and the same configuration at
+    Per-token acceptance does not depend on batch size (docs/design.md), and the same configuration at
     several batch sizes is one measurement, not several: pooling keeps the bootstrap honest. Per-prompt
     lists are summed elementwise when they cover the same prompts (equal lengths), else concatenated.
     `alpha` and `tau` are recomputed from the pooled counters.

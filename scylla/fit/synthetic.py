@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..analytic import expected_tau
+from scylla.measure.analytic import expected_tau
 
 __all__ = ["TRUTH", "MTP_TRUTH", "draft_params", "synthetic_results", "synthetic_mtp_results"]
 

@@ -3,7 +3,7 @@
 A shared trunk of Llama decoder layers feeds ``n_future`` output heads, each ONE Llama decoder layer;
 all heads share the final RMSNorm and the unembedding. Head ``i`` (1-based) at position ``t`` predicts
 token ``t + i``; head 1 is an ordinary next-token model, so the MTP model *is* a causal LM (``.logits``
-are head 1's) and the extra heads are its own draft (see ``scylla.mtp_decode``).
+are head 1's) and the extra heads are its own draft (see ``scylla.decode.mtp``).
 
 Depth convention (so that ``n_future=1`` is exactly a plain Llama of the same spec): ``spec.n_layers``
 counts trunk + head-1 layers, i.e. the trunk has ``spec.n_layers - 1`` layers by default, and the model
@@ -41,8 +41,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import (LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding,
                                                       apply_rotary_pos_emb, eager_attention_forward)
 
-from .hf_compat import CACHE_NAME, causal_mask
-from .models import ModelSpec
+from scylla.models.hf_compat import CACHE_NAME, causal_mask
+from scylla.models.llama import ModelSpec
 
 __all__ = ["MTPConfig", "MTPForCausalLM", "MTPOutput", "FusedHeads", "build_mtp", "mtp_factory", "trunk_layers_for",
            "mtp_parameter_counts", "synthetic_stream", "train_on_stream"]
@@ -410,14 +410,14 @@ def build_mtp(spec: ModelSpec, n_future: int, *, parameter_matched: bool = False
 
 def mtp_factory(n_future: int, *, parameter_matched: bool = False,
                 init_std: float = 0.02) -> Callable[[ModelSpec], MTPForCausalLM]:
-    """``model_factory`` for `scylla.train.train_budgets`: a partial, so the cache key names it exactly."""
+    """``model_factory`` for `scylla.training.trainer.train_budgets`: a partial, so the cache key names it exactly."""
     return functools.partial(build_mtp, n_future=n_future, parameter_matched=parameter_matched, seed=None,
                              init_std=init_std)
 
 
 def mtp_parameter_counts(model: MTPForCausalLM) -> dict[str, int]:
     """Total and non-embedding counts (tied weights once), plus the trunk's and one head's share."""
-    from .models import count_parameters
+    from scylla.models.llama import count_parameters
 
     counts = count_parameters(model)
     trunk = sum(p.numel() for p in model.layers.parameters())
@@ -453,7 +453,7 @@ def train_on_stream(model: torch.nn.Module, stream: torch.Tensor, *, steps: int,
     """A minimal AdamW loop on random windows of one token stream; returns the loss per step.
 
     For tests, demos and benchmarks that need a briefly trained model in seconds; token-budgeted,
-    cached, resumable training is `scylla.train.train_budgets(..., model_factory=mtp_factory(n))`."""
+    cached, resumable training is `scylla.training.trainer.train_budgets(..., model_factory=mtp_factory(n))`."""
     if stream.dim() != 1 or len(stream) <= seq_len:
         raise ValueError(f"stream must be a 1-D tensor longer than seq_len={seq_len}, got shape {tuple(stream.shape)}")
     g = torch.Generator().manual_seed(seed)

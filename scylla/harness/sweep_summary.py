@@ -74,7 +74,7 @@ def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
 
 def summarize(sweep_dir: str | Path, total: Optional[int] = None) -> dict[str, Any]:
     """Jobs of a sweep folder with their status and headline metrics."""
-    from scylla.results import ResultsError, read_record, record_rows
+    from scylla.harness.results import ResultsError, read_record, record_rows
 
     jobs = []
     for path in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
@@ -129,7 +129,7 @@ def format_summary(summary: dict[str, Any], results_dir: str | Path) -> str:
     lines.append("-" * len(head))
     lines.append(f"{total} jobs: {summary['done']} run, {summary['skipped']} skipped (record existed), "
                  f"{summary['failed']} failed or missing (re-run the same command to redo them)")
-    lines.append(f"records: {results_dir}   ->   scylla.results.load({str(results_dir)!r})")
+    lines.append(f"records: {results_dir}   ->   scylla.harness.results.load({str(results_dir)!r})")
     lines.append("=" * len(head))
     return "\n".join(lines)
 
@@ -161,7 +161,7 @@ class SweepSummary(Callback):
             print(f"[scylla] sweep of {n} jobs -> {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from scylla.pipeline import _abs
+        from scylla.harness.pipeline import _abs
 
         total = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
         results_dir = _abs(str(OmegaConf.select(config, "paths.results_dir")))

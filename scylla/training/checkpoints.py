@@ -28,12 +28,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .tokenizer import default_cache_dir
+from scylla.data.tokenizer import default_cache_dir
 
 PROVENANCE = "provenance.json"
 FORMAT = "scylla-checkpoint-v1"
 # Modules whose classes `load_checkpoint` may import by the name recorded in provenance.
 _TRUSTED_MODULE_PREFIXES = ("scylla.", "transformers.")
+# Classes recorded by checkpoints written before the package moved into subpackages.
+_MOVED_CLASSES = {"scylla.mtp.MTPForCausalLM": "scylla.models.mtp.MTPForCausalLM"}
 
 __all__ = ["PROVENANCE", "default_cache_dir", "hash_key", "code_version", "is_complete", "read_provenance",
            "save_checkpoint", "load_checkpoint", "save_train_state", "load_train_state", "CheckpointError"]
@@ -128,6 +130,7 @@ def _import_class(qualified: str) -> type:
     if not qualified.startswith(_TRUSTED_MODULE_PREFIXES):
         raise CheckpointError(f"checkpoint model class {qualified!r} is outside scylla/transformers; refusing "
                               "to import it. Load the weights yourself with safetensors.torch.load_model.")
+    qualified = _MOVED_CLASSES.get(qualified, qualified)
     module, _, name = qualified.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -139,7 +142,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device | None = Non
     Llama checkpoints load through ``transformers``; other scylla models (e.g. multi-token prediction)
     through their class's ``from_pretrained``, the class named in provenance.
     """
-    from .models import load_causal_lm
+    from scylla.models.pretrained import load_causal_lm
 
     folder = Path(path)
     if not folder.is_dir():

@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .data import Corpus, load_corpus
+from scylla.data.corpora import Corpus, load_corpus
 
 EOS_TOKEN = "<|endoftext|>"
 DEFAULT_CORPORA = ("pycode", "shakespeare", "kjv")

@@ -1,5 +1,5 @@
 """Model size presets: targets and a family of drafts (parameter counts at a 4096-token vocabulary with
-tied embeddings are in docs/training.md; `python -m scylla.presets` prints them).
+tied embeddings are in docs/training.md; `python -m scylla.harness.presets` prints them).
 
 Drafts vary width and depth as separate knobs, because they matter separately: parameters (and so
 acceptance) grow with both, but a draft step's latency grows mostly with depth (one sequential block of
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import ModelSpec
+from scylla.models.llama import ModelSpec
 
 
 def _shape(d_model: int, n_layers: int, n_heads: int, ffn_dim: int | None = None) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def spec_for(name: str, vocab_size: int, **overrides: Any) -> ModelSpec:
 
 def parameter_table(vocab_size: int = 4096) -> list[dict[str, Any]]:
     """Name, shape and parameter counts (total, non-embedding) of every preset."""
-    from .models import build_llama, count_parameters
+    from scylla.models.llama import build_llama, count_parameters
 
     rows = []
     for kind, table in (("target", TARGETS), ("draft", DRAFTS)):

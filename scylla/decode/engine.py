@@ -11,10 +11,10 @@ of every speedup runs through the same machinery. Each step:
 Rows accept different numbers of tokens (ragged acceptance). Instead of re-running or re-padding
 the prefix, each KV cache keeps a per-slot validity mask: rejected slots stay in the cache but are
 hidden by the attention mask (the gpt-fast idea, expressed through the public ``transformers``
-forward API: ``input_ids``, ``attention_mask``, ``position_ids`` and the KV cache, see `scylla.hf_compat`). Trailing
+forward API: ``input_ids``, ``attention_mask``, ``position_ids`` and the KV cache, see `scylla.models.hf_compat`). Trailing
 slots invalid for every row are cropped, and the cache is compacted when holes pile up.
 
-Counters follow DESIGN.md; ``tau = 1 + accepted / steps`` includes the bonus/correction token.
+Counters follow docs/design.md; ``tau = 1 + accepted / steps`` includes the bonus/correction token.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from scylla.hf_compat import cache_kwarg, forward_accepts, output_cache
+from scylla.models.hf_compat import cache_kwarg, forward_accepts, output_cache
 
 __all__ = ["DecodeStats", "SpeculativeOutput", "speculative_generate", "check_compatible", "record_row_step"]
 

@@ -14,7 +14,7 @@ the other guesses, so given all verification has seen before position j it is st
 ``min(1, p(d_j) / q_j(d_j))``, at the first rejection sample from ``normalize(max(0, p - q_j))``, and
 the bonus from ``p``. The output is distributed exactly as head 1's own sampling (docs/mtp.md).
 
-The loop mirrors `scylla.engine.speculative_generate` (the same cache with per-slot validity, ragged
+The loop mirrors `scylla.decode.engine.speculative_generate` (the same cache with per-slot validity, ragged
 acceptance, per-row EOS and max_new_tokens, finished rows leaving the batch) and fills the same
 `DecodeStats`, so records of both draft families share one schema:
 
@@ -37,10 +37,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .engine import (DecodeStats, SpeculativeOutput, _CachedLM, _is_int, _pick, _probs, _sync, _validate,
-                     record_row_step)
-from .measure import SpeedupMeasurement
-from .mtp import FusedHeads, MTPForCausalLM
+from scylla.decode.engine import DecodeStats, SpeculativeOutput, _CachedLM, _is_int, _pick, _probs, _sync, _validate, record_row_step
+from scylla.measure.speedup import SpeedupMeasurement
+from scylla.models.mtp import FusedHeads, MTPForCausalLM
 
 __all__ = ["self_speculative_generate", "measure_self_speculative", "measure_self_speculative_ks",
            "SelfSpeculativeMeasurement"]
@@ -76,9 +75,9 @@ class _CachedMTP(_CachedLM):
 def _check_model(model: Any, k: int) -> None:
     """Reject a model without heads or a bad k before any forward runs (the rest: `engine._validate`)."""
     if not isinstance(model, MTPForCausalLM):
-        raise TypeError(f"self-speculative decoding needs a scylla.mtp.MTPForCausalLM (a model with future-token "
+        raise TypeError(f"self-speculative decoding needs a scylla.models.mtp.MTPForCausalLM (a model with future-token "
                         f"heads), got {type(model).__name__}; for a separate draft model use "
-                        "scylla.engine.speculative_generate")
+                        "scylla.decode.engine.speculative_generate")
     if not _is_int(k) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (heads used; 1 = plain decoding), got {k!r}")
     if k > model.n_future:

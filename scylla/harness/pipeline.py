@@ -1,7 +1,7 @@
 """One job of a sweep: config -> tokenizer -> target -> draft -> measurements -> one result record.
 
-`run_job` is what ``scylla-run`` calls for every Hydra job (any launcher) and what `scylla.demo`
-and the tests call in-process. The stages follow the data flow of DESIGN.md:
+`run_job` is what ``scylla-run`` calls for every Hydra job (any launcher) and what `scylla.harness.demo`
+and the tests call in-process. The stages follow the data flow of docs/design.md:
 
 1. skip the job when its record already exists (the key is a hash of the job's identity);
 2. the tokenizer shared by target and draft (trained once and cached, or bytes, or pretrained);
@@ -29,8 +29,8 @@ import torch
 from omegaconf import DictConfig
 
 from scylla.config import ConfigError, ScyllaConfig, config_hash, scrub_secrets, to_plain_dict, validate
-from scylla.results import SCHEMA_VERSION, ResultStore
-from scylla.tracking import Tracker, make_tracker
+from scylla.harness.results import SCHEMA_VERSION, ResultStore
+from scylla.harness.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class PreparedModel:
 
     model: Any
     info: dict[str, Any]
-    # Family-specific measurement (e.g. self-speculative MTP); None = scylla.measure.measure_speedup.
+    # Family-specific measurement (e.g. self-speculative MTP); None = scylla.measure.speedup.measure_speedup.
     measure: Optional[Callable[..., Any]] = None
 
 
@@ -123,7 +123,7 @@ class JobContext:
 
     def train(self, role: str, spec: Any, budgets: list[int], **kwargs: Any) -> dict[int, Path]:
         """Train (or reuse) one model size at ``budgets`` through the locked checkpoint cache."""
-        from scylla.train import train_budgets
+        from scylla.training.trainer import train_budgets
 
         return train_budgets(
             spec, list(self.cfg.data.corpora), self.tokenizer, budgets, self.train_config(), self.cache_dir,
@@ -144,7 +144,7 @@ def _timed(ctx: JobContext, name: str):
 
 
 def build_tokenizer(ctx: JobContext) -> Any:
-    from scylla.tokenizer import get_tokenizer
+    from scylla.data.tokenizer import get_tokenizer
 
     t = ctx.cfg.tokenizer
     return get_tokenizer(t.kind, t.vocab_size, list(ctx.cfg.data.corpora), ctx.cache_dir,
@@ -152,7 +152,7 @@ def build_tokenizer(ctx: JobContext) -> Any:
 
 
 def _model_info(model: Any, provenance: Optional[dict[str, Any]], checkpoint: Optional[Path]) -> dict[str, Any]:
-    from scylla.models import count_parameters
+    from scylla.models.llama import count_parameters
 
     counts = count_parameters(model)
     prov = provenance or {}
@@ -165,8 +165,8 @@ def _model_info(model: Any, provenance: Optional[dict[str, Any]], checkpoint: Op
 
 
 def build_target(ctx: JobContext) -> PreparedModel:
-    from scylla.checkpoints import load_checkpoint
-    from scylla.models import load_causal_lm
+    from scylla.training.checkpoints import load_checkpoint
+    from scylla.models.pretrained import load_causal_lm
 
     t = ctx.cfg.target
     if t.source == "pretrained":
@@ -201,13 +201,13 @@ DRAFT_BUILDERS: dict[str, DraftFamily] = {}
 def register_draft_family(family: str, builder: DraftBuilder, *, needs_target: bool = True) -> None:
     """Add a draft family (``draft.family``): ``builder(ctx)`` trains or reuses the draft (``ctx.target``
     is ready when ``needs_target``) and returns a `PreparedModel`, whose ``measure`` may replace
-    `scylla.measure.measure_speedup`."""
+    `scylla.measure.speedup.measure_speedup`."""
     DRAFT_BUILDERS[family] = DraftFamily(builder, needs_target)
 
 
 def _llama_draft(ctx: JobContext) -> PreparedModel:
     """A separate Llama draft, trained for every budget of its sweep in one branched run."""
-    from scylla.checkpoints import load_checkpoint
+    from scylla.training.checkpoints import load_checkpoint
 
     d = ctx.cfg.draft
     spec = d.to_spec(ctx.tokenizer.vocab_size)
@@ -225,8 +225,8 @@ def _mtp_draft(ctx: JobContext) -> PreparedModel:
     The MTP model is trained like a draft (its size and token budget are the swept axes), is also the
     job's target, and its speedup is measured against its own plain (k = 1) decoding, for every number
     of heads k' = 2..k inside the job (`mtp_measure_fn`), like batch sizes."""
-    from scylla.checkpoints import load_checkpoint
-    from scylla.mtp import mtp_factory, mtp_parameter_counts
+    from scylla.training.checkpoints import load_checkpoint
+    from scylla.models.mtp import mtp_factory, mtp_parameter_counts
 
     d = ctx.cfg.draft
     k = int(d.k)
@@ -246,7 +246,7 @@ def _mtp_draft(ctx: JobContext) -> PreparedModel:
 def mtp_measure_fn(k: int) -> Callable[..., list[Any]]:
     """The measurement of an MTP job with ``k`` heads: every k' in 2..k (one shared plain baseline), so
     each (task, batch size) gives k - 1 rows with ``gamma = k' - 1``; ``decode.gamma`` is not used."""
-    from scylla.mtp_decode import measure_self_speculative_ks
+    from scylla.decode.mtp import measure_self_speculative_ks
 
     def measure_fn(target: Any, draft: Any, prompts: Any, *, gamma: int, batch_size: int, max_new_tokens: int,
                    temperature: float, seed: int, repeats: int) -> list[Any]:
@@ -264,7 +264,7 @@ register_draft_family("mtp", _mtp_draft, needs_target=False)
 def draft_family(family: str) -> DraftFamily:
     if family not in DRAFT_BUILDERS:
         raise ConfigError(f"draft.family: no builder for {family!r}; available: {sorted(DRAFT_BUILDERS)} "
-                          "(add one with scylla.pipeline.register_draft_family)")
+                          "(add one with scylla.harness.pipeline.register_draft_family)")
     return DRAFT_BUILDERS[family]
 
 
@@ -277,8 +277,8 @@ def measure(ctx: JobContext, draft: PreparedModel) -> list[dict[str, Any]]:
 
     A family's ``measure`` may return one measurement or a list of them (MTP: one per head count k');
     each becomes one row with its own ``gamma``."""
-    from scylla.data import eval_prompts
-    from scylla.measure import measure_speedup
+    from scylla.data.tasks import eval_prompts
+    from scylla.measure.speedup import measure_speedup
 
     cfg = ctx.cfg
     assert ctx.target is not None
@@ -341,8 +341,8 @@ def _corpus_hash(ctx: JobContext, *infos: dict[str, Any]) -> Optional[str]:
     for info in infos:
         if info.get("corpus_manifest_hash"):
             return info["corpus_manifest_hash"]
-    from scylla.checkpoints import hash_key
-    from scylla.data import load_corpus
+    from scylla.training.checkpoints import hash_key
+    from scylla.data.corpora import load_corpus
 
     opts = dict(ctx.cfg.data.corpus_options)
     return hash_key([[n, load_corpus(n, **dict(opts.get(n, {}))).split_fingerprint] for n in ctx.cfg.data.corpora])
@@ -417,7 +417,7 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
             with _timed(ctx, "eval"):
                 measurements = measure(ctx, draft)
             ctx.timings["total_seconds"] = time.perf_counter() - t_start
-            from scylla.checkpoints import code_version
+            from scylla.training.checkpoints import code_version
 
             record = {
                 "schema_version": SCHEMA_VERSION,

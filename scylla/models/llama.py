@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -105,41 +104,6 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
         if id(p) in emb_ids:
             embedding += p.numel()
     return {"total": total, "non_embedding": total - embedding}
-
-
-def load_causal_lm(
-    name_or_path: str | Path,
-    *,
-    dtype: torch.dtype | str | None = None,
-    device: str | torch.device | None = None,
-    local_files_only: bool | None = None,
-) -> PreTrainedModel:
-    """Load any `AutoModelForCausalLM` by hub id or local folder (safetensors only, never a pickle).
-
-    Offline by default when HF_HUB_OFFLINE is set; a missing local folder fails with a clear message.
-    """
-    import os
-
-    path = Path(str(name_or_path)).expanduser()
-    looks_local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
-    if looks_local and not path.exists():
-        raise FileNotFoundError(f"target model folder not found: {path}; pass an existing folder or a hub id")
-    if local_files_only is None:
-        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    kwargs: dict = {"use_safetensors": True, "local_files_only": local_files_only}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path if path.exists() else name_or_path), **kwargs)
-    except OSError as err:
-        raise OSError(
-            f"could not load causal LM {name_or_path!r}: {err}. Offline runs need a local folder "
-            "(save one with model.save_pretrained(folder)); unset HF_HUB_OFFLINE to download from a hub."
-        ) from err
-    if device is not None:
-        model.to(device)
-    model.eval()
-    return model
 
 
 def default_device() -> torch.device:

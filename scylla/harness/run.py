@@ -1,10 +1,10 @@
-"""``scylla-run`` (also ``python -m scylla.run``): one Hydra job per call, or a sweep with ``-m``.
+"""``scylla-run`` (also ``python -m scylla.harness.run``): one Hydra job per call, or a sweep with ``-m``.
 
     scylla-run                                       one job with the defaults of configs/config.yaml
     scylla-run draft=draft-w128 decode.gamma=2       presets and overrides
     scylla-run -m sweep=tokens|capacity|batch|grid   a sweep (hydra/launcher=joblib|local|slurm)
 
-Each job validates its config, runs `scylla.pipeline.run_job` and leaves ``scylla_job.json`` (run id,
+Each job validates its config, runs `scylla.harness.pipeline.run_job` and leaves ``scylla_job.json`` (run id,
 status, record path) in its Hydra output folder, which the sweep summary reads at the end.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from scylla.config import ConfigError, config_dir, scrub_secrets, secret_overrides
-from scylla.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_ENV
+from scylla.harness.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_ENV
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,10 +31,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "fix your config or inputs" (printed without a traceback), not bugs."""
-    from scylla.checkpoints import CheckpointError
-    from scylla.data import CorpusError
-    from scylla.tokenizer import TokenizerError
-    from scylla.train import TrainError
+    from scylla.training.checkpoints import CheckpointError
+    from scylla.data.corpora import CorpusError
+    from scylla.data.tokenizer import TokenizerError
+    from scylla.training.trainer import TrainError
 
     return (ConfigError, CorpusError, TokenizerError, TrainError, CheckpointError)
 
@@ -56,7 +56,7 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
     except ConfigError as err:
         _fail(f"{err}\n(job overrides: {' '.join(overrides) or 'none'})")
         return None
-    from scylla.pipeline import run_job
+    from scylla.harness.pipeline import run_job
 
     try:
         outcome = run_job(cfg, launcher=launcher, sweep_jobs=sweep_jobs, overrides=overrides)
@@ -86,7 +86,7 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
 
 def _job_table(record: dict[str, Any]) -> str:
     """One line per (task, batch size) of a finished single job."""
-    from scylla.results import record_rows
+    from scylla.harness.results import record_rows
 
     rows = record_rows(record)
     lines = [f"  {'task':12} {'batch':>5} {'alpha':>6} {'tau':>5} {'speedup':>7} {'c':>5}"]

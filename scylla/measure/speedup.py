@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from scylla.engine import DecodeStats, speculative_generate
+from scylla.decode.engine import DecodeStats, speculative_generate
 
 
 @dataclass

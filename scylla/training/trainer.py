@@ -36,11 +36,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from .checkpoints import (code_version, hash_key, is_complete, load_train_state, read_provenance,
-                          read_train_state_meta, remove_train_state, save_checkpoint, save_train_state)
-from .data import Corpus, load_corpus
-from .models import ModelSpec, build_llama, count_parameters, default_device
-from .tokenizer import Tokenizer
+from scylla.training.checkpoints import code_version, hash_key, is_complete, load_train_state, read_provenance, read_train_state_meta, remove_train_state, save_checkpoint, save_train_state
+from scylla.data.corpora import Corpus, load_corpus
+from scylla.models.llama import ModelSpec, build_llama, count_parameters, default_device
+from scylla.data.tokenizer import Tokenizer
 
 ALGO_VERSION = 1  # bump when a change alters trained weights, so old cache entries are not reused
 MANIFEST_FILE = "corpus_manifest.json"  # in every checkpoint folder, next to provenance.json
@@ -239,7 +238,7 @@ def resolve_bf16(cfg: TrainConfig, n_params: int, device: torch.device) -> bool:
 
 def _factory_id(model_factory: Callable | None) -> str:
     if model_factory is None:
-        return "scylla.models.build_llama"
+        return "scylla.models.llama.build_llama"
     if hasattr(model_factory, "cache_key"):
         return str(model_factory.cache_key)
     import functools

@@ -87,7 +87,7 @@ class ResultStore:
         """Publish ``record`` atomically under its ``run_id``; an existing record is kept as is."""
         run_id = record.get("run_id")
         if not run_id:
-            raise ResultsError("record has no run_id; build records with scylla.pipeline")
+            raise ResultsError("record has no run_id; build records with scylla.harness.pipeline")
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(run_id)
         tmp = self.root / f".{run_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"

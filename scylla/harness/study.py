@@ -10,9 +10,9 @@
 4. write ``report.md``: the settings, the measured table, the fitted laws with their numbers, the
    recommendation and the figures.
 
-    python -m scylla.study                          # the whole study (about 1.5-2 h of CPU here)
-    python -m scylla.study --fit-only               # re-fit and re-write the report from the records
-    python -m scylla.study --name mine 'axes.drafts=[draft-w32,draft-w128]'   # a variant
+    python -m scylla.harness.study                          # the whole study (about 1.5-2 h of CPU here)
+    python -m scylla.harness.study --fit-only               # re-fit and re-write the report from the records
+    python -m scylla.harness.study --name mine 'axes.drafts=[draft-w32,draft-w128]'   # a variant
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
                  sweep_seconds: Optional[float], name: Optional[str] = None) -> Path:
     """report.md of a study folder (relative links, so it renders on GitHub). ``name``: the study's
     name when ``out`` is a staging folder that is renamed afterwards."""
-    from scylla.demo import summary_table
+    from scylla.harness.demo import summary_table
 
     pooled_dir = next(iter(sorted(fit_dir.glob("task-all*"))), fit_dir)
     pooled = json.loads((pooled_dir / "fits.json").read_text())
@@ -202,8 +202,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
 
-    from scylla.demo import grid_run_ids
-    from scylla.pipeline import _abs
+    from scylla.harness.demo import grid_run_ids
+    from scylla.harness.pipeline import _abs
 
     try:
         cfg = compose([f"experiment={args.experiment}", *args.overrides])
@@ -235,7 +235,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ]
         t0 = time.perf_counter()
         for stage in stages:
-            cmd = [sys.executable, "-m", "scylla.run", "-m", f"experiment={args.experiment}", *stage,
+            cmd = [sys.executable, "-m", "scylla.harness.run", "-m", f"experiment={args.experiment}", *stage,
                    *args.overrides, *launcher]
             _log("$ " + " ".join(cmd))
             code = subprocess.call(cmd)
@@ -247,7 +247,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from scylla.fit.cli import fit_results
     from scylla.fit.core import FitError
-    from scylla.results import load
+    from scylla.harness.results import load
 
     paths = [results_dir / f"{rid}.json" for rid in expected if (results_dir / f"{rid}.json").is_file()]
     missing = len(expected) - len(paths)
@@ -273,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"scylla-study: error: the fit failed: {exc}", file=sys.stderr)
         return 2
     command = "make study" if args.name == "reference" and not args.overrides else \
-        "python -m scylla.study " + " ".join([f"--name {args.name}", *args.overrides])
+        "python -m scylla.harness.study " + " ".join([f"--name {args.name}", *args.overrides])
     settings = {
         "target": f"{job.target.name} (d_model {job.target.d_model}, {job.target.n_layers} layers, "
                   f"{job.target.tokens:,} tokens)",
@@ -290,7 +290,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     staging.rename(out)
     llama = frame[frame["family"] == "llama"]
     if not llama.empty:
-        from scylla.demo import summary_table
+        from scylla.harness.demo import summary_table
 
         print(summary_table(llama))
     _log(f"wrote {out}/report.md, results.csv and fit/ (per task, and task-all pooled over tasks)")

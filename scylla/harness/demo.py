@@ -7,10 +7,10 @@
 3. print a summary table of acceptance and speedup, and where the records are;
 4. fit the laws and recommend a draft with ``scylla-fit`` (skipped with ``--no-fit``).
 
-    python -m scylla.demo                                   # the demo grid
-    python -m scylla.demo --launcher joblib                 # two jobs at a time
-    python -m scylla.demo --experiment smoke                # seconds: tiny models
-    python -m scylla.demo 'axes.tokens=[100000,400000]'     # any override, passed to every job
+    python -m scylla.harness.demo                                   # the demo grid
+    python -m scylla.harness.demo --launcher joblib                 # two jobs at a time
+    python -m scylla.harness.demo --experiment smoke                # seconds: tiny models
+    python -m scylla.harness.demo 'axes.tokens=[100000,400000]'     # any override, passed to every job
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ __all__ = ["main", "grid_run_ids", "summary_table"]
 
 def grid_run_ids(experiment: str, overrides: list[str]) -> dict[str, tuple[str, int]]:
     """``run_id -> (draft, tokens)`` of every job `sweep=grid` launches for this experiment."""
-    from scylla.pipeline import resolve_device
+    from scylla.harness.pipeline import resolve_device
 
     base = compose([f"experiment={experiment}", *overrides])
     axes = base.axes
@@ -103,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"scylla-demo: error: {err}", file=sys.stderr)
         return 2
-    from scylla.pipeline import _abs
+    from scylla.harness.pipeline import _abs
 
     results_dir = _abs(job.paths.results_dir)
     axes = job.axes
@@ -117,7 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  {done_before} of {len(expected)} jobs already have records in {results_dir}: they are skipped")
 
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "scylla.run", "-m", "sweep=grid", f"experiment={args.experiment}",
+    cmd = [sys.executable, "-m", "scylla.harness.run", "-m", "sweep=grid", f"experiment={args.experiment}",
            *args.overrides]
     if args.launcher != "basic":
         cmd.append(f"hydra/launcher={args.launcher}")
@@ -126,7 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"scylla-demo: error: the sweep failed (exit {code}); re-run `make demo` to resume it", file=sys.stderr)
         return code
 
-    from scylla.results import load
+    from scylla.harness.results import load
 
     paths = [results_dir / f"{rid}.json" for rid in expected if (results_dir / f"{rid}.json").is_file()]
     if not paths:
@@ -138,7 +138,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{time.perf_counter() - t0:.0f}s)")
     print(summary_table(frame))
     print(f"\nrecords: {results_dir}  (one JSON per job)")
-    print(f"  python -c \"import scylla.results as r; print(r.load('{results_dir}'))\"")
+    print(f"  python -c \"import scylla.harness.results as r; print(r.load('{results_dir}'))\"")
 
     if not args.no_fit:
         out = _abs("outputs/fit") if args.experiment == "demo" else _abs(f"outputs/fit-{args.experiment}")

@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from scylla.config import LoggerConfig, scrub_secrets
-from scylla.results import json_safe
+from scylla.harness.results import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class WandbTracker(Tracker):
 
     def log_record(self, record: dict[str, Any]) -> None:
         def go() -> None:
-            from scylla.results import record_rows
+            from scylla.harness.results import record_rows
 
             wandb = self._wandb
             rows = record_rows(record)

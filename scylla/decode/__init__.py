@@ -1,0 +1,1 @@
+"""Decoding: batched, lossless speculative decoding with exact acceptance counters."""

@@ -1,0 +1,1 @@
+"""Measurement: wall-clock speedup against plain decoding, and closed-form predictions."""

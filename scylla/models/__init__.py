@@ -1,0 +1,1 @@
+"""Models: Llama-family drafts and targets built from a size spec, pretrained targets, draft families."""
