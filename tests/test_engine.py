@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chi2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from scylla import speculative_generate
 from scylla.measure.speedup import measure_speedup
 from scylla.models.pretrained import load_causal_lm
 from scylla.testing import perturbed_copy, random_prompts, tiny_llama
+
+from lossless import chi2_pvalue, exact_joint
 
 VOCAB = 64
 
@@ -206,30 +207,6 @@ def test_missing_target_folder_is_a_clear_error(tmp_path):
         load_causal_lm(tmp_path / "nope")
 
 
-def _exact_joint(model, prompt: list[int], n_tokens: int, temperature: float) -> np.ndarray:
-    """Exact joint distribution [V]*n of the next n sampled tokens, by enumerating every prefix."""
-    vocab = model.config.vocab_size
-    prefixes: list[list[int]] = [[]]
-    weights = torch.ones(1, dtype=torch.float64)
-    with torch.no_grad():
-        for _ in range(n_tokens):
-            logits = model(torch.tensor([prompt + p for p in prefixes])).logits[:, -1].double()
-            weights = (weights[:, None] * torch.softmax(logits / temperature, -1)).reshape(-1)
-            prefixes = [p + [v] for p in prefixes for v in range(vocab)]
-    return weights.reshape([vocab] * n_tokens).numpy()
-
-
-def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Pearson chi-square goodness of fit; cells expecting < 5 counts are pooled into one."""
-    expected = probs / probs.sum() * counts.sum()
-    small = expected < 5
-    if small.any():
-        counts = np.append(counts[~small], counts[small].sum())
-        expected = np.append(expected[~small], expected[small].sum())
-    stat = float(((counts - expected) ** 2 / expected).sum())
-    return float(chi2.sf(stat, len(expected) - 1))
-
-
 @pytest.mark.parametrize("draft_kind, temperature", [("random", 1.0), ("perturbed", 0.7)])
 def test_sampling_is_lossless(draft_kind, temperature):
     """Every position's marginal and every adjacent pair's joint match the target's exact distribution
@@ -247,8 +224,8 @@ def test_sampling_is_lossless(draft_kind, temperature):
     st = out.stats
     assert 0.1 < st.alpha < 0.9 and min(st.accepted_per_position) > 100, "acceptance should be ragged"
     samples = np.array(out.sequences)
-    joint_t = _exact_joint(target, prompt, n_tok, temperature)
-    joint_d = _exact_joint(draft, prompt, n_tok, temperature)
+    joint_t = exact_joint(target, prompt, n_tok, temperature)
+    joint_d = exact_joint(draft, prompt, n_tok, temperature)
     checks = []
     for pos in range(n_tok):
         other = tuple(a for a in range(n_tok) if a != pos)
@@ -259,8 +236,8 @@ def test_sampling_is_lossless(draft_kind, temperature):
         checks.append((f"positions {pos},{pos + 1}", np.bincount(samples[:, pos] * vocab + samples[:, pos + 1],
                        minlength=vocab**2), joint_t.sum(other).ravel(), joint_d.sum(other).ravel()))
     for name, counts, p_target, p_draft in checks:
-        assert _chi2_pvalue(counts, p_target) > 1e-4, f"{name}: samples differ from the target's distribution"
-        assert _chi2_pvalue(counts, p_draft) < 1e-6, f"{name}: the test cannot tell target from draft here"
+        assert chi2_pvalue(counts, p_target) > 1e-4, f"{name}: samples differ from the target's distribution"
+        assert chi2_pvalue(counts, p_draft) < 1e-6, f"{name}: the test cannot tell target from draft here"
     # Same seed, same samples: sampling is reproducible.
     again = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=1.0, seed=7)
     again2 = speculative_generate(target, draft, [prompt] * 50, gamma=2, max_new_tokens=n_tok, temperature=1.0, seed=7)
@@ -348,22 +325,22 @@ def test_stats_of_different_gammas_do_not_merge(target, prompts):
 def test_sampling_unchanged_by_cache_compaction(target, drafts, monkeypatch):
     """Compaction moves cache slots (positions stay in the keys): with the same seed, sampled outputs
     and counters must be those of a run that never compacts."""
-    from scylla.decode import engine
+    from scylla.decode.cache import CachedLM
 
     prompts = random_prompts(6, VOCAB, 2, 30, seed=9)
     kwargs = dict(gamma=5, max_new_tokens=50, batch_size=6, temperature=1.0, seed=4)
     compactions = []
-    original = engine._CachedLM.maybe_compact
+    original = CachedLM.maybe_compact
 
     def counting(self, *args, **kw):
         before = self.valid.shape[1]
         original(self, *args, **kw)
         compactions.append(self.valid.shape[1] < before)
 
-    monkeypatch.setattr(engine._CachedLM, "maybe_compact", counting)
+    monkeypatch.setattr(CachedLM, "maybe_compact", counting)
     compacted = speculative_generate(target, drafts["medium"], prompts, **kwargs)
     assert any(compactions), "the run should compact its caches"
-    monkeypatch.setattr(engine._CachedLM, "maybe_compact", lambda self, *a, **k: None)
+    monkeypatch.setattr(CachedLM, "maybe_compact", lambda self, *a, **k: None)
     plain = speculative_generate(target, drafts["medium"], prompts, **kwargs)
     assert compacted.sequences == plain.sequences
     assert compacted.stats.accepted_per_position == plain.stats.accepted_per_position

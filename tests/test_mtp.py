@@ -250,13 +250,9 @@ def test_hf_generate_is_plain_greedy(trained, prompts):
 # Self-speculative decoding
 
 
-@pytest.mark.parametrize("batch_size,merged", [(1, True), (8, True), (1, False), (8, False)])
-def test_greedy_output_identical_to_plain_greedy(trained, prompts, batch_size, merged, monkeypatch):
-    """Every k, batch sizes 1 and 8, ragged prompts; with the one-matmul unembedding and without."""
-    import scylla.decode.mtp
-
-    if not merged:
-        monkeypatch.setattr(scylla.decode.mtp, "_MERGE_UNEMBED_MACS", -1)
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_greedy_output_identical_to_plain_greedy(trained, prompts, batch_size):
+    """Every k, batch sizes 1 and 8, ragged prompts; chains and trees of each head's top-k."""
     model, _ = trained
     n_new = 24
     reference = [naive_greedy(model, p, n_new) for p in prompts]
@@ -265,6 +261,11 @@ def test_greedy_output_identical_to_plain_greedy(trained, prompts, batch_size, m
     for k in range(2, N_FUTURE + 1):
         out = self_speculative_generate(model, prompts, k=k, max_new_tokens=n_new, batch_size=batch_size)
         assert out.sequences == reference, f"k={k}"
+    tree = self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=n_new, batch_size=batch_size,
+                                     tree="static:2" + "x2" * (N_FUTURE - 2))
+    assert tree.sequences == reference
+    assert tree.stats.tau >= self_speculative_generate(model, prompts, k=N_FUTURE, max_new_tokens=n_new,
+                                                       batch_size=batch_size).stats.tau
 
 
 def test_k1_takes_exactly_one_forward_per_token(trained, prompts):

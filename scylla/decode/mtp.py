@@ -7,78 +7,155 @@ prefix plus head 1's token after it (correction, or bonus when all were accepted
 that position draft the next block. So every forward both verifies and drafts; ``k = 1`` is plain
 decoding (one forward per token after the prefill).
 
-Verification is lossless: greedy keeps a guess iff it equals head 1's argmax; at temperature > 0,
-guess ``d_j`` was sampled from head j's distribution ``q_j`` independently of head 1's token and of
-the other guesses, so given all verification has seen before position j it is still distributed as
-``q_j``, and the rule of Leviathan et al. applies position by position: keep with probability
-``min(1, p(d_j) / q_j(d_j))``, at the first rejection sample from ``normalize(max(0, p - q_j))``, and
-the bonus from ``p``. The output is distributed exactly as head 1's own sampling (docs/mtp.md).
+This runs on the shared decode core (`scylla.decode.engine.decode`): `MTPTargetRunner` is the target
+side (the model's fused heads, head 1's logits plus heads 2..k's states as features) and
+`MTPProposer` turns the states at each row's last kept slot into the next step's chain, or into a
+static tree whose depth-j children are head j+1's top-K_j tokens (Medusa-style: the same candidates
+under every parent).
 
-The loop mirrors `scylla.decode.engine.speculative_generate` (the same cache with per-slot validity, ragged
-acceptance, per-row EOS and max_new_tokens, finished rows leaving the batch) and fills the same
-`DecodeStats`, so records of both draft families share one schema:
+Verification is lossless: greedy keeps a guess iff it equals head 1's argmax; at temperature > 0 a
+chain's guess ``d_j`` was sampled from head j's distribution ``q_j`` independently of head 1's token
+and of the other guesses, so given all verification has seen before position j it is still
+distributed as ``q_j``, and the rule of Leviathan et al. applies position by position (tree
+candidates are deterministic and verified as point masses; `scylla.decode.verify`). Records share
+the engine's `DecodeStats`:
 
 - ``gamma = k - 1`` (guesses per step), ``drafted``: guesses offered (heads 2..k), ``accepted``: kept,
 - ``accepted_per_position[j]`` / ``reached_per_position[j]``: head ``j + 2`` (chain acceptance),
-- ``steps``: row-steps (one per row per verifying forward), ``tau = 1 + accepted / steps`` = tokens
-  per forward, bonus/correction included,
-- a row is offered only the guesses it may still emit; guesses after a kept EOS are past the
-  sequence's end and count as neither drafted, reached nor accepted (as in the engine),
 - ``target_forwards``: model forwards including the prefill; ``draft_forwards = 0`` and
-  ``draft_seconds = 0`` (drafting has no forward of its own: its cost is inside ``verify_seconds``).
+  ``draft_seconds`` ~ 0 (drafting has no forward of its own: its cost is inside ``verify_seconds``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from scylla.decode.engine import DecodeStats, SpeculativeOutput, _CachedLM, _is_int, _pick, _probs, _sync, _validate, record_row_step
+from scylla.decode.engine import decode, is_int, validate_request
+from scylla.decode.proposers import Proposer
+from scylla.decode.stats import DecodeStats, SpeculativeOutput
+from scylla.decode.target import FeatureSpec, TargetRunner
+from scylla.decode.tree import TokenTree, TreeSpec
+from scylla.decode.verify import Verdict, probs
 from scylla.measure.speedup import SpeedupMeasurement
 from scylla.models.mtp import FusedHeads, MTPForCausalLM
 
 __all__ = ["self_speculative_generate", "measure_self_speculative", "measure_self_speculative_ks",
-           "SelfSpeculativeMeasurement"]
+           "SelfSpeculativeMeasurement", "MTPTargetRunner", "MTPProposer"]
 
 
-class _CachedMTP(_CachedLM):
-    """`_CachedLM` whose forward returns the k heads' normalised states [k, B, W, d] (fused path)."""
+@dataclass
+class _HeadsOutput:
+    logits: torch.Tensor  # head 1, [B, W, V]
+    head_states: torch.Tensor  # heads 2..k, normalised, [k - 1, B, W, d]
+    cache: Any
+
+
+class _FusedHeadsForward:
+    """An MTP model seen as a causal LM whose forward runs the k heads as one batched layer: what
+    `scylla.decode.cache.CachedLM` calls. Head 1 is unembedded at every slot (verification needs it);
+    heads 2..k only at the slot each row keeps (by `MTPProposer`)."""
+
+    def __init__(self, model: MTPForCausalLM, k: int) -> None:
+        self.model = model
+        self.fused: FusedHeads = model.fused_heads(k)
+        self.config = model.config
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                use_cache: bool = True, cache: Any = None) -> _HeadsOutput:
+        h = self.model.fused_head_states(input_ids, attention_mask, position_ids, cache, self.fused)
+        return _HeadsOutput(self.model.lm_head(h[0]), h[1:], cache)
+
+    __call__ = forward
+
+
+class MTPTargetRunner(TargetRunner):
+    """The MTP model as its own target: head 1 verifies, heads 2..k's states are the features."""
 
     def __init__(self, model: MTPForCausalLM, k: int, batch: int, device: torch.device) -> None:
-        super().__init__(model, batch, device)
-        self.fused: FusedHeads = model.fused_heads(k)
+        super().__init__(_FusedHeadsForward(model, k), batch, device,
+                         FeatureSpec(read=lambda out: out.head_states))  # type: ignore[arg-type]
 
-    def keep_block_prefix(self, width: int, n_keep: torch.Tensor, most: int) -> None:
-        """Of the last ``width`` slots keep each row's first ``n_keep + 1``; ``most = max(n_keep)`` (a host
-        int) lets the trailing slots rejected by every row be cropped without a device round trip."""
-        self.valid[:, -width:] &= torch.arange(width, device=n_keep.device)[None, :] <= n_keep[:, None]
-        self.next_pos = self.next_pos - (width - 1 - n_keep)
-        drop = width - 1 - most
-        if drop > 0:
-            self.cache.crop(-drop)
-            self.valid = self.valid[:, :-drop]
 
-    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        pos = (self.next_pos[:, None] + valid.long().cumsum(1) - 1).clamp_min(0)
-        attention_mask = torch.cat([self.valid, valid], dim=1).long()
-        h = self.model.fused_head_states(tokens, attention_mask, pos, self.cache, self.fused)
-        self.valid = torch.cat([self.valid, valid], dim=1)
-        self.next_pos = self.next_pos + valid.long().sum(1)
-        self.forwards += 1
-        return h
+class MTPProposer(Proposer):
+    """Heads 2..k at each row's last kept slot guess the next step's tokens (see the module doc)."""
+
+    name = "mtp_heads"
+    self_drafting = True
+
+    def __init__(self, model: MTPForCausalLM, spec: TreeSpec) -> None:
+        super().__init__(spec)
+        self.model = model
+        self._parents = torch.tensor(spec.static_parents(), dtype=torch.long) if spec.kind == "static" else None
+
+    def _guess(self, states: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
+        """Guesses of heads 2..k from their states [k - 1, B, d] at each row's last kept slot."""
+        g, b = states.shape[0], states.shape[1]
+        logits = self.model.lm_head(states.transpose(0, 1)).float()  # [B, k-1, V]
+        if self.spec.kind == "static":
+            self.candidates = [logits[:, j].topk(kj, dim=-1).indices for j, kj in enumerate(self.spec.branching)]
+            return
+        if temperature == 0:
+            self.drafts, self.q = logits.argmax(-1), None
+            return
+        self.q = probs(logits, temperature)
+        self.drafts = torch.multinomial(self.q.reshape(b * g, -1), 1, generator=generator).view(b, g)
+
+    def start(self, tokens: torch.Tensor, valid: torch.Tensor, target_features: torch.Tensor | None,
+              temperature: float, generator: torch.Generator | None) -> None:
+        self._sampling = (temperature, generator)
+        self._guess(target_features[:, :, -1], temperature, generator)  # at the last prompt slot
+
+    def propose(self, root: torch.Tensor, limit: torch.Tensor, contexts: Sequence[Sequence[int]],
+                temperature: float, generator: torch.Generator | None) -> TokenTree | None:
+        depth = min(self.spec.depth, int(limit.max()))
+        if depth == 0:
+            return None
+        b, dev = root.shape[0], root.device
+        if self.spec.kind == "static":
+            spec = self.spec.truncated(depth)
+            parents = self._parents[:spec.size].to(dev)
+            node_depth = torch.zeros(spec.size, dtype=torch.long, device=dev)
+            tokens = torch.zeros(b, spec.size, dtype=torch.long, device=dev)
+            slot = 0
+            for d, k in enumerate(spec.branching):  # every parent at depth d gets head d+2's top-k
+                n_here = math.prod(spec.branching[:d + 1])
+                tokens[:, slot:slot + n_here] = self.candidates[d].repeat(1, n_here // k)
+                node_depth[slot:slot + n_here] = d + 1
+                slot += n_here
+            return TokenTree(tokens, parents.expand(b, -1).clone(), node_depth.expand(b, -1).clone(),
+                             torch.ones(b, spec.size, dtype=torch.bool, device=dev))
+        ar = torch.arange(depth, device=dev)
+        q = self.q[:, :depth] if self.q is not None else None
+        return TokenTree(self.drafts[:, :depth], ar.expand(b, depth).clone(), (ar + 1).expand(b, depth).clone(),
+                         torch.ones(b, depth, dtype=torch.bool, device=dev), q)
+
+    def accept(self, verdict: Verdict, tree: TokenTree | None, target_features: torch.Tensor | None) -> None:
+        rows = torch.arange(verdict.path.shape[0], device=verdict.path.device)
+        self._guess(target_features[:, rows, verdict.last_slot], *self._sampling)  # heads 2..k at the kept slot
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        if self.spec.kind == "static":
+            self.candidates = [c[rows] for c in self.candidates]
+        else:
+            self.drafts = self.drafts[rows]
+            self.q = self.q[rows] if self.q is not None else None
 
 
 def _check_model(model: Any, k: int) -> None:
-    """Reject a model without heads or a bad k before any forward runs (the rest: `engine._validate`)."""
+    """Reject a model without heads or a bad k before any forward runs (the rest: `validate_request`)."""
     if not isinstance(model, MTPForCausalLM):
-        raise TypeError(f"self-speculative decoding needs a scylla.models.mtp.MTPForCausalLM (a model with future-token "
-                        f"heads), got {type(model).__name__}; for a separate draft model use "
+        raise TypeError(f"self-speculative decoding needs a scylla.models.mtp.MTPForCausalLM (a model with "
+                        f"future-token heads), got {type(model).__name__}; for a separate draft model use "
                         "scylla.decode.engine.speculative_generate")
-    if not _is_int(k) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (heads used; 1 = plain decoding), got {k!r}")
     if k > model.n_future:
         raise ValueError(f"k={k} exceeds the model's n_future={model.n_future} heads; use 1 <= k <= {model.n_future}")
@@ -95,6 +172,7 @@ def self_speculative_generate(
     batch_size: int | None = None,
     eos_token_id: int | None = None,
     seed: int | None = None,
+    tree: str | TreeSpec | None = None,
 ) -> SpeculativeOutput:
     """Generate continuations with the model drafting for itself through heads 2..k.
 
@@ -107,195 +185,25 @@ def self_speculative_generate(
         batch_size: rows decoded together (``None``: all prompts at once).
         eos_token_id: a row stops after emitting it.
         seed: seeds the sampler (temperature > 0); ``None`` means seed 0, so runs are reproducible.
+        tree: ``None`` drafts the chain of heads 2..k; ``"static:K2xK3.."`` (at most k - 1 depths) a tree
+            of each head's top-K candidates.
 
     Returns:
         ``.sequences`` (generated ids per prompt, input order) and ``.stats`` (`DecodeStats`, gamma=k-1).
     """
     _check_model(model, k)
-    _validate(model, None, prompts, int(k) - 1, max_new_tokens, temperature, batch_size, eos_token_id)
-    k, max_new_tokens = int(k), int(max_new_tokens)
-    batch_size = None if batch_size is None else int(batch_size)
-    device = next(model.parameters()).device
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else int(seed))
-    chunk = batch_size or len(prompts)
-    g_max = k - 1
-    stats = DecodeStats(gamma=g_max, temperature=float(temperature), batch_size=chunk, n_prompts=len(prompts),
-                        accepted_per_position=[0] * g_max, reached_per_position=[0] * g_max)
-    sequences: list[list[int]] = []
-    for start in range(0, len(prompts), chunk):
-        seqs, part = _generate_chunk(model, prompts[start : start + chunk], k, max_new_tokens, temperature,
-                                     eos_token_id, generator, device)
-        sequences.extend(seqs)
-        stats.merge(part)
-    return SpeculativeOutput(sequences=sequences, stats=stats)
+    k = int(k)
+    spec = TreeSpec.chain(k - 1) if tree is None else TreeSpec.parse(tree)
+    if spec.kind == "dynamic" or spec.depth > k - 1:
+        raise ValueError(f"MTP drafts a chain or a static tree of at most k - 1 = {k - 1} depths (one head each), "
+                         f"got {spec.describe()}")
+    validate_request(model, None, prompts, spec, max_new_tokens, temperature, batch_size, eos_token_id)
+    proposer = MTPProposer(model, spec) if spec.depth else None
+    return decode(lambda n, device: MTPTargetRunner(model, k, n, device), proposer, prompts, spec=spec,
+                  max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                  batch_size=None if batch_size is None else int(batch_size), eos_token_id=eos_token_id,
+                  seed=seed, device=next(model.parameters()).device)
 
-
-# Extra multiply-adds (over the whole batch) below which greedy steps unembed every head at every block
-# position in one matmul: about what a handful of small CPU kernel launches cost.
-_MERGE_UNEMBED_MACS = 1_000_000
-
-
-def _unembed(model: MTPForCausalLM, h: torch.Tensor) -> torch.Tensor:
-    return model.lm_head(h).float()
-
-
-def _draft(model: MTPForCausalLM, h_rows: torch.Tensor, temperature: float,
-           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Guesses of heads 2..k from their states [B, k-1, d]: tokens [B, k-1] (+ their distributions)."""
-    b, g = h_rows.shape[0], h_rows.shape[1]
-    if g == 0:
-        return torch.zeros(b, 0, dtype=torch.long, device=h_rows.device), None
-    logits = _unembed(model, h_rows)  # [B, k-1, V]
-    if temperature == 0:
-        return logits.argmax(-1), None
-    probs = _probs(logits, temperature)
-    tokens = torch.multinomial(probs.reshape(b * g, -1), 1, generator=generator).view(b, g)
-    return tokens, probs
-
-
-def _generate_chunk(
-    model: MTPForCausalLM,
-    prompts: Sequence[Sequence[int]],
-    k: int,
-    max_new_tokens: int,
-    temperature: float,
-    eos_token_id: int | None,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> tuple[list[list[int]], DecodeStats]:
-    n = len(prompts)
-    g_max = k - 1
-    stats = DecodeStats(gamma=g_max, temperature=float(temperature), batch_size=n, n_prompts=n,
-                        accepted_per_position=[0] * g_max, reached_per_position=[0] * g_max,
-                        prompt_drafted=[0] * n, prompt_accepted=[0] * n, prompt_steps=[0] * n,
-                        prompt_generated=[0] * n)
-    out: list[list[int]] = [[] for _ in range(n)]
-    wall0 = time.perf_counter()
-
-    # Prefill, left-padded so every row's last prompt token sits in the last column.
-    longest = max(len(p) for p in prompts)
-    tokens = torch.zeros(n, longest, dtype=torch.long, device=device)
-    valid = torch.zeros(n, longest, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):
-        tokens[i, longest - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        valid[i, longest - len(p) :] = True
-    lm = _CachedMTP(model, k, n, device)
-    unembed_macs = model.lm_head.weight.numel()
-    t0 = time.perf_counter()
-    h = lm.forward(tokens, valid)[:, :, -1]  # [k, n, d] at each row's last prompt token
-    cur, _ = _pick(_unembed(model, h[0]), temperature, generator)
-    drafts, draft_probs = _draft(model, h[1:].transpose(0, 1), temperature, generator)
-    _sync(device)
-    stats.prefill_seconds += time.perf_counter() - t0
-    stats._prefill_forwards += 1
-
-    rows = list(range(n))  # original index of each active batch row
-    generated = [0] * n
-    finished_mask: list[bool] = []
-    for b, tok in enumerate(cur.tolist()):
-        out[b].append(tok)
-        generated[b] = 1
-        finished_mask.append(tok == eos_token_id or max_new_tokens == 1)
-
-    while True:
-        if any(finished_mask):
-            keep = [b for b, f in enumerate(finished_mask) if not f]
-            if not keep:
-                break
-            idx = torch.tensor(keep, dtype=torch.long, device=device)
-            lm.select_rows(idx)
-            cur, drafts = cur[idx], drafts[idx]
-            draft_probs = draft_probs[idx] if draft_probs is not None else None
-            rows = [rows[b] for b in keep]
-        batch = len(rows)
-        row_gamma = [min(g_max, max_new_tokens - generated[orig] - 1) for orig in rows]
-        g = max(row_gamma)
-
-        # ---- one forward: verify [cur, d_2..d_{g+1}] with head 1, draft the next block with heads 2..k
-        t0 = time.perf_counter()
-        block = torch.cat([cur[:, None], drafts[:, :g]], dim=1)
-        h = lm.forward(block, torch.ones_like(block, dtype=torch.bool))  # [k, B, g+1, d]
-        # Greedy with a small unembedding: one matmul + argmax for every head at every position beats
-        # two rounds of small ops (head 1 everywhere, then heads 2..k at the kept position).
-        merged = temperature == 0 and k > 1 and batch * (k - 1) * g * unembed_macs <= _MERGE_UNEMBED_MACS
-        all_best = model.lm_head(h).argmax(-1) if merged else None  # [k, B, g+1]
-        t_logits = _unembed(model, h[0]) if not merged else None  # [B, g+1, V]
-        guess = drafts[:, :g]
-        rows_idx = torch.arange(batch, device=device)
-        # Rows near max_new_tokens are offered fewer guesses than the block holds.
-        in_draft = None
-        if g > 0 and min(row_gamma) < g:
-            in_draft = torch.arange(g, device=device)[None, :] < torch.tensor(row_gamma, device=device)[:, None]
-        if temperature == 0:
-            best = all_best[0] if all_best is not None else t_logits.argmax(-1)  # head 1 after each position
-            if g == 0:
-                n_acc, nxt = torch.zeros(batch, dtype=torch.long, device=device), best[:, 0]
-            else:
-                match = guess == best[:, :g]
-                if in_draft is not None:
-                    match &= in_draft
-                n_acc = match.long().cumprod(1).sum(1)
-                nxt = best.gather(1, n_acc[:, None]).squeeze(1)
-        else:
-            if g == 0:
-                n_acc = torch.zeros(batch, dtype=torch.long, device=device)
-            else:
-                assert draft_probs is not None
-                p_d = _probs(t_logits[:, :g], temperature).gather(2, guess[:, :, None]).squeeze(2)
-                q_d = draft_probs[:, :g].gather(2, guess[:, :, None]).squeeze(2)
-                u = torch.rand(p_d.shape, generator=generator, device=device)
-                match = u * q_d < p_d  # accept with probability min(1, p/q)
-                if in_draft is not None:
-                    match &= in_draft
-                n_acc = match.long().cumprod(1).sum(1)
-            p_after = _probs(t_logits[rows_idx, n_acc], temperature)  # head 1 after the accepted prefix
-            rejected = n_acc < torch.tensor(row_gamma, device=device)
-            if g > 0 and bool(rejected.any()):
-                assert draft_probs is not None
-                q_after = draft_probs[rows_idx, n_acc.clamp_max(g - 1)]
-                residual = (p_after - q_after).clamp_min(0)
-                mass = residual.sum(-1, keepdim=True)
-                residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p_after)
-                p_after = torch.where(rejected[:, None], residual, p_after)
-            nxt = torch.multinomial(p_after, 1, generator=generator).squeeze(1)
-        if all_best is not None:
-            new_drafts, new_probs = all_best[1:, rows_idx, n_acc].T, None
-        elif k > 1:
-            # Heads 2..k at the last kept position guess the tokens after `nxt`.
-            new_drafts, new_probs = _draft(model, h[1:, rows_idx, n_acc].transpose(0, 1), temperature, generator)
-        else:
-            new_drafts, new_probs = drafts, None
-        n_list = n_acc.tolist()
-        if g > 0:
-            lm.keep_block_prefix(g + 1, n_acc, max(n_list))
-        _sync(device)
-        stats.verify_seconds += time.perf_counter() - t0
-
-        # ---- bookkeeping (per row, on host lists) ------------------------------------------------
-        nxt_list, d_list = nxt.tolist(), guess.tolist()
-        finished_mask = []
-        for b, orig in enumerate(rows):
-            emitted = record_row_step(stats, orig, d_list[b], n_list[b], row_gamma[b], nxt_list[b], eos_token_id)
-            out[orig].extend(emitted)
-            generated[orig] += len(emitted)
-            finished_mask.append(
-                generated[orig] >= max_new_tokens or (eos_token_id is not None and emitted[-1] == eos_token_id))
-        cur, drafts, draft_probs = nxt, new_drafts, new_probs
-        lm.maybe_compact()
-
-    _sync(device)
-    stats.wall_seconds = time.perf_counter() - wall0
-    stats.target_forwards = lm.forwards
-    stats.draft_forwards = 0
-    stats.drafted = sum(stats.prompt_drafted)
-    stats.accepted = sum(stats.prompt_accepted)
-    stats.steps = sum(stats.prompt_steps)
-    stats.prompt_generated = [len(o) for o in out]
-    stats.generated_tokens = sum(stats.prompt_generated)
-    return out, stats
 
 
 @dataclass

@@ -246,7 +246,9 @@ class MTPForCausalLM(MTPPreTrainedModel, GenerationMixin):
         every position but heads 2..k only at the last accepted one, which saves most of the
         unembedding cost for small models."""
         mask = "auto"
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:  # a tree block's own additive mask
+            mask = attention_mask
+        elif attention_mask is not None:
             mask = _slot_mask(attention_mask, input_ids.shape[1], self.embed_tokens.weight.dtype)
         z, mask, rope, _ = self._trunk(input_ids, None, attention_mask, position_ids, past_key_values,
                                        past_key_values is not None, mask=mask)
