@@ -6,6 +6,7 @@ forward *including* the bonus/correction token (1.00 for plain decoding).
 
 from scylla.measure.analytic import batch_speedup, best_gamma, expected_tau, leviathan_speedup
 from scylla.decode.engine import DecodeStats, SpeculativeOutput, speculative_generate
+from scylla.measure.oracle import acceptance_oracle
 from scylla.models.llama import ModelSpec, build_llama, count_parameters
 from scylla.models.pretrained import load_causal_lm
 
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DecodeStats",
+    "acceptance_oracle",
     "ModelSpec",
     "SpeculativeOutput",
     "batch_speedup",

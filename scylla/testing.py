@@ -39,3 +39,25 @@ def random_prompts(n: int, vocab_size: int, min_len: int = 3, max_len: int = 20,
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=g)
     return [torch.randint(0, vocab_size, (int(length),), generator=g).tolist() for length in lengths]
+
+
+def bigram_llama(logits: torch.Tensor) -> torch.nn.Module:
+    """A Llama whose next-token logits depend only on the current token: ``logits[v]`` after token v.
+
+    One decoder layer with zeroed output projections (the residual passes through), one-hot token
+    embeddings and ``lm_head`` columns set so that the final RMSNorm of a one-hot vector (sqrt(d) times
+    it) maps token v to ``logits[v]``. Exact, controllable target/draft pairs for statistical tests."""
+    vocab = int(logits.shape[0])
+    d = vocab + vocab % 2  # rotary embeddings need an even head size
+    spec = ModelSpec(d_model=d, n_layers=1, n_heads=1, vocab_size=vocab, tie_embeddings=False, ffn_dim=8)
+    model = build_llama(spec, seed=0)
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, d))
+        model.model.norm.weight.fill_(1.0)
+        head = torch.zeros(vocab, d)
+        head[:, :vocab] = logits.T.float() / d ** 0.5
+        model.lm_head.weight.copy_(head)
+    return model
