@@ -1,0 +1,153 @@
+"""Predicted speedup: oracle acceptance composed with probed costs, with an interval.
+
+The steady-state form (docs/oracle.md),
+
+    S(B, gamma) = tau(gamma) * T_t(B, 1) / (T_t(B, gamma + 1) + gamma * T_d(B, 1) + overhead(B)),
+
+assumes every step runs a full batch. A real batch does not: rows finish at different steps and leave,
+so the last forwards run few rows, and each chunk pays a prefill. `predict_seconds` therefore replays
+the batch: per chunk of ``B`` prompts it takes each prompt's step count from the oracle (plain
+decoding: generated tokens - 1), counts the rows still active at every forward, and adds up the probed
+forward times at those active counts, the draft's forwards per step, the engine's measured per-step
+overhead and both prefills. The predicted speedup is plain time over speculative time for the same
+tokens. Its interval resamples prompts (acceptance) and each probe's repeats (timing spread).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from scylla.decode.stats import DecodeStats
+from scylla.decode.tree import TreeSpec
+from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe
+
+__all__ = ["StepPlan", "step_plan", "predict_seconds", "predict_speedup", "steady_state_speedup",
+           "required_widths"]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The forwards one decoding step runs: the target's verification block and the draft's blocks
+    (the first of which also feeds the unfed deepest accepted token: width 2 after a full acceptance)."""
+
+    target_width: int
+    target_kind: str
+    draft_blocks: tuple[tuple[int, str], ...]  # (width, kind) after the first block
+    has_draft: bool
+
+    @property
+    def draft_forwards(self) -> int:
+        return (1 + len(self.draft_blocks)) if self.has_draft else 0
+
+
+def step_plan(spec: TreeSpec, has_draft_model: bool) -> StepPlan:
+    """Forward widths per step for a shape: a chain of gamma runs the target on gamma + 1 tokens and the
+    draft gamma times (first block, then gamma - 1 single tokens); a static tree runs the target on
+    1 + size tokens (tree mask) and the draft on each depth's frontier."""
+    if spec.depth == 0:
+        return StepPlan(1, "decode", (), False)
+    if spec.kind == "dynamic":
+        raise ValueError("dynamic trees are measured with the engine, not composed")
+    kind = "decode" if spec.is_chain else "tree"
+    blocks: list[tuple[int, str]] = []
+    width = 1
+    for k in spec.branching[:-1]:
+        width *= k
+        blocks.append((width, kind))
+    return StepPlan(1 + spec.size, kind, tuple(blocks), has_draft_model)
+
+
+def required_widths(specs: Sequence[TreeSpec], has_draft_model: bool) -> dict[str, dict[str, set[int]]]:
+    """The (role -> kind -> widths) a set of shapes needs probed."""
+    need: dict[str, dict[str, set[int]]] = {"target": {"decode": {1}, "tree": set()}, "draft": {"decode": set(), "tree": set()}}
+    for spec in specs:
+        plan = step_plan(spec, has_draft_model)
+        need["target"][plan.target_kind].add(plan.target_width)
+        if plan.has_draft:
+            need["draft"]["decode"].update({1, 2})
+            for w, kind in plan.draft_blocks:
+                need["draft"][kind].add(w)
+    return need
+
+
+def predict_seconds(steps: Sequence[float], batch: int, table: CostTable, plan: StepPlan,
+                    full_accept_rate: float = 0.0) -> float:
+    """Wall time of decoding prompts whose step counts are ``steps`` (input order) ``batch`` at a time."""
+    total = 0.0
+    for start in range(0, len(steps), batch):
+        chunk = np.asarray(steps[start:start + batch], float)
+        n = len(chunk)
+        total += table.prefill("target", n) + (table.prefill("draft", n) if plan.has_draft else 0.0)
+        for k in range(int(math.ceil(chunk.max())) if n else 0):
+            active = float(np.clip(chunk - k, 0.0, 1.0).sum())  # fractional last steps at temperature > 0
+            if active <= 0:
+                break
+            b = max(active, 1.0)
+            t = table.time("target", plan.target_kind, plan.target_width, b)
+            if plan.has_draft:
+                first = ((1 - full_accept_rate) * table.time("draft", "decode", 1, b)
+                         + full_accept_rate * table.time("draft", "decode", 2, b))
+                t += first + sum(table.time("draft", kind, w, b) for w, kind in plan.draft_blocks)
+            t += table.overhead(b, plan.draft_forwards)
+            total += t * min(active, 1.0)  # a fractional expected last step costs its share
+    return total
+
+
+def _full_accept_rate(stats: DecodeStats) -> float:
+    if not stats.steps or not stats.accepted_per_position:
+        return 0.0
+    return float(stats.accepted_per_position[-1]) / float(stats.steps)
+
+
+def steady_state_speedup(stats: DecodeStats, batch: int, table: CostTable, plan: StepPlan) -> float:
+    """The issue-form S(B) = tau T_t(B,1) / (T_t(B, width) + draft forwards + overhead(B)), full batches."""
+    f = _full_accept_rate(stats)
+    t_spec = table.time("target", plan.target_kind, plan.target_width, batch) + table.overhead(batch, plan.draft_forwards)
+    if plan.has_draft:
+        t_spec += ((1 - f) * table.time("draft", "decode", 1, batch) + f * table.time("draft", "decode", 2, batch)
+                   + sum(table.time("draft", k, w, batch) for w, k in plan.draft_blocks))
+    t_plain = table.time("target", "decode", 1, batch) + table.overhead(batch, 0)
+    return float(stats.tau * t_plain / t_spec)
+
+
+def _resampled(probes: Sequence[ForwardProbe], overheads: Sequence[OverheadProbe], rng: np.random.Generator,
+               summary: str) -> CostTable:
+    fw = [replace(p, times=list(rng.choice(p.times, size=len(p.times)))) for p in probes]
+    ov = [replace(o, per_step=list(rng.choice(o.per_step, size=len(o.per_step)))) for o in overheads]
+    return CostTable(fw, ov, summary)
+
+
+def predict_speedup(stats: DecodeStats, batch: int, probes: Sequence[ForwardProbe],
+                    overheads: Sequence[OverheadProbe] = (), *, has_draft_model: bool = True,
+                    summary: str = "median", n_boot: int = 200, level: float = 0.9, seed: int = 0) -> dict[str, Any]:
+    """Predicted speedup of ``stats``'s shape at ``batch`` (trace composition, with an interval), and the
+    steady-state form beside it. ``stats`` are oracle (or engine) counters with per-prompt lists."""
+    spec = TreeSpec.parse(stats.tree)
+    plan = step_plan(spec, has_draft_model)
+    plain_plan = step_plan(TreeSpec.chain(0), False)
+    table = CostTable(probes, overheads, summary)
+    steps = np.asarray(stats.prompt_steps, float)
+    plain_steps = np.asarray(stats.prompt_generated, float) - 1.0
+    f = _full_accept_rate(stats)
+
+    def once(tab: CostTable, idx: np.ndarray) -> tuple[float, float, float]:
+        t_spec = predict_seconds(steps[idx], batch, tab, plan, f)
+        t_plain = predict_seconds(plain_steps[idx], batch, tab, plain_plan)
+        return t_plain / t_spec, t_spec, t_plain
+
+    point, t_spec, t_plain = once(table, np.arange(len(steps)))
+    rng = np.random.default_rng(seed)
+    draws = [once(_resampled(probes, overheads, rng, summary), rng.integers(0, len(steps), len(steps)))[0]
+             for _ in range(n_boot)]
+    lo, hi = np.percentile(draws, [50 * (1 - level), 100 - 50 * (1 - level)]) if draws else (point, point)
+    return {"speedup": point, "low": float(lo), "high": float(hi), "level": level,
+            "steady_state": steady_state_speedup(stats, batch, table, plan),
+            "predicted_seconds": t_spec, "predicted_plain_seconds": t_plain, "summary": summary,
+            "target_step_seconds": table.time("target", "decode", 1, batch),
+            "verify_step_seconds": table.time("target", plan.target_kind, plan.target_width, batch),
+            "draft_step_seconds": table.time("draft", "decode", 1, batch) if plan.has_draft else 0.0,
+            "overhead_step_seconds": table.overhead(batch, plan.draft_forwards)}

@@ -1,0 +1,243 @@
+"""Cost probes: the time of one cached forward per (model, batch size, query width), measured, not fitted.
+
+Speedup is acceptance composed with cost (docs/oracle.md). The cost side needs, at each batch size,
+the target's forward on 1 token (plain decoding) and on 1 + tree-size tokens (verification), the
+draft's forwards on its block widths, each model's prefill, and the engine's own time per step outside
+the forwards. `probe_forwards` times each forward against a cache holding ``context`` tokens (the
+context length is stated in every record), over several interleaved repeats, and keeps every raw time
+with the median and the best, the thread count, the precision and the CPU capability, so a record
+says what machine state produced it. `probe_overhead` runs the engine itself for a few steps per batch
+size and keeps its wall time outside the model forwards.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from scylla.decode.cache import CachedLM
+
+__all__ = ["ForwardProbe", "OverheadProbe", "CostTable", "probe_forwards", "probe_prefill", "probe_overhead",
+           "machine_info"]
+
+
+def machine_info() -> dict[str, Any]:
+    """What a timing depends on besides the model: threads, CPU capability, device, torch version."""
+    info = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+@dataclass
+class ForwardProbe:
+    """Raw times of one forward kind: ``kind`` is ``decode`` (``width`` new tokens on a cache of
+    ``context``), ``tree`` (the same with a 4D tree mask) or ``prefill`` (``context`` prompt tokens)."""
+
+    role: str
+    kind: str
+    batch_size: int
+    width: int
+    context: int
+    times: list[float]
+    dtype: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.times))
+
+    @property
+    def best(self) -> float:
+        return float(min(self.times))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "median": self.median, "best": self.best}
+
+
+@dataclass
+class OverheadProbe:
+    """The engine's wall time per step outside the model forwards, at one batch size and shape."""
+
+    batch_size: int
+    shape: str
+    per_step: list[float]
+    draft_forwards_per_step: float
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.per_step))
+
+    @property
+    def best(self) -> float:
+        return float(min(self.per_step))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "median": self.median, "best": self.best}
+
+
+def _tokens(vocab: int, batch: int, width: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, width), generator=generator).to(device)
+
+
+@torch.inference_mode()
+def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[int], widths: Iterable[int],
+                   context: int, repeats: int = 5, tree_widths: Iterable[int] = (), seed: int = 0) -> list[ForwardProbe]:
+    """Time one cached forward of ``model`` per (batch size, width), widths interleaved per repeat.
+
+    The cache is prefilled once per batch size with ``context`` random tokens; after each timed forward
+    its slots are cropped away, so every forward sees the same context. ``tree_widths`` are also timed
+    with a 4D tree mask (siblings hidden from each other), the mask tree verification passes."""
+    device = next(model.parameters()).device
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    widths, tree_widths = sorted(set(int(w) for w in widths)), sorted(set(int(w) for w in tree_widths))
+    out: list[ForwardProbe] = []
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    info = machine_info()
+    for b in sorted(set(int(x) for x in batch_sizes)):
+        lm = CachedLM(model, b, device)
+        lm.append(_tokens(vocab, b, context, g, device), torch.ones(b, context, dtype=torch.bool, device=device),
+                  last_only=True)
+        kinds = [("decode", w) for w in widths] + [("tree", w) for w in tree_widths]
+        times: dict[tuple[str, int], list[float]] = {k: [] for k in kinds}
+        for rep in range(repeats + 1):  # the first round warms up
+            for kind, w in kinds:
+                tok = _tokens(vocab, b, w, g, device)
+                valid = torch.ones(b, w, dtype=torch.bool, device=device)
+                visible = None
+                if kind == "tree":  # root + w - 1 children of it: each child sees the root and itself
+                    vis = torch.eye(w, dtype=torch.bool, device=device)
+                    vis[:, 0] = True
+                    visible = torch.cat([torch.ones(w, lm.length, dtype=torch.bool, device=device), vis], 1)
+                    visible = visible.expand(b, -1, -1)
+                before = lm.forward_seconds
+                lm.append(tok, valid, visible=visible,
+                          positions=None if kind == "decode" else lm.next_pos[:, None] + (torch.arange(w) > 0).long())
+                if rep:
+                    times[(kind, w)].append(lm.forward_seconds - before)
+                lm.keep_block(w, torch.zeros(b, w, dtype=torch.bool, device=device))
+        for (kind, w), ts in times.items():
+            out.append(ForwardProbe(role, kind, b, w, context, ts, dtype, info))
+    return out
+
+
+@torch.inference_mode()
+def probe_prefill(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[int], context: int,
+                  repeats: int = 3, seed: int = 0) -> list[ForwardProbe]:
+    """Time the prefill of ``context`` tokens per batch size (a fresh cache each repeat)."""
+    device = next(model.parameters()).device
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    info = machine_info()
+    out = []
+    for b in sorted(set(int(x) for x in batch_sizes)):
+        ts = []
+        for rep in range(repeats + 1):
+            lm = CachedLM(model, b, device)
+            lm.append(_tokens(vocab, b, context, g, device), torch.ones(b, context, dtype=torch.bool, device=device),
+                      last_only=True)
+            if rep:
+                ts.append(lm.forward_seconds)
+        out.append(ForwardProbe(role, "prefill", b, context, context, ts, dtype, info))
+    return out
+
+
+def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequence[int]], *,
+                   batch_sizes: Iterable[int], shape: str, new_tokens: int = 8, repeats: int = 3,
+                   temperature: float = 0.0) -> list[OverheadProbe]:
+    """The engine's time per step outside the forwards, from short real runs (``new_tokens`` per row)
+    at each batch size, for one draft shape (``"chain:0"``, i.e. no draft, gives plain decoding's)."""
+    from scylla.decode.engine import speculative_generate
+
+    out = []
+    for b in sorted(set(int(x) for x in batch_sizes)):
+        rows = [list(prompts[i % len(prompts)]) for i in range(b)]
+        per_step, fw = [], []
+        for rep in range(repeats + 1):
+            s = speculative_generate(target, draft if shape != "chain:0" else None, rows, tree=shape,
+                                     max_new_tokens=new_tokens, temperature=temperature, batch_size=b, seed=rep).stats
+            if rep:
+                per_step.append(s.overhead_seconds / max(s.verify_forwards, 1))
+                fw.append(s.draft_forwards / max(s.verify_forwards, 1))
+        out.append(OverheadProbe(b, shape, per_step, float(np.mean(fw))))
+    return out
+
+
+class CostTable:
+    """Probed times by (role, kind, width), linear in batch size between the probed batch sizes.
+
+    Widths are never interpolated: a prediction needs every width it uses probed (a missing one is an
+    error naming it). ``summary`` picks the median of each probe's repeats or the best."""
+
+    def __init__(self, forwards: Sequence[ForwardProbe], overheads: Sequence[OverheadProbe] = (),
+                 summary: str = "median") -> None:
+        if summary not in ("median", "best"):
+            raise ValueError(f"summary must be 'median' or 'best', got {summary!r}")
+        self.summary = summary
+        self._curves: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        groups: dict[tuple[str, str, int], list[ForwardProbe]] = {}
+        for p in forwards:
+            groups.setdefault((p.role, p.kind, p.width), []).append(p)
+        for key, ps in groups.items():
+            ps = sorted(ps, key=lambda p: p.batch_size)
+            self._curves[key] = (np.array([p.batch_size for p in ps], float),
+                                 np.array([getattr(p, summary) for p in ps], float))
+        self._overhead: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        ogroups: dict[str, list[OverheadProbe]] = {}
+        for o in overheads:
+            ogroups.setdefault(o.shape, []).append(o)
+        for shape, os_ in ogroups.items():
+            os_ = sorted(os_, key=lambda o: o.batch_size)
+            self._overhead[shape] = (np.array([o.batch_size for o in os_], float),
+                                     np.array([getattr(o, summary) for o in os_], float),
+                                     np.array([o.draft_forwards_per_step for o in os_], float))
+
+    def has(self, role: str, kind: str, width: int) -> bool:
+        return (role, kind, int(width)) in self._curves
+
+    def time(self, role: str, kind: str, width: int, batch: float) -> float:
+        key = (role, kind, int(width))
+        if key not in self._curves:
+            raise KeyError(f"no {role} {kind} forward of width {width} was probed; probe it first")
+        xs, ys = self._curves[key]
+        return float(np.interp(batch, xs, ys))  # flat beyond the probed range
+
+    def prefill(self, role: str, batch: float) -> float:
+        """Prefill time of ``role`` at this batch size (0 when it was not probed)."""
+        keys = [k for k in self._curves if k[0] == role and k[1] == "prefill"]
+        return self.time(*keys[0], batch) if keys else 0.0
+
+    def batch_range(self, role: str) -> tuple[float, float]:
+        xs = [v[0] for k, v in self._curves.items() if k[0] == role]
+        return (min(x.min() for x in xs), max(x.max() for x in xs)) if xs else (float("nan"), float("nan"))
+
+    def overhead(self, batch: float, draft_forwards_per_step: float) -> float:
+        """Engine time per step outside the forwards: plain decoding's (``chain:0``) plus, for drafting,
+        the measured extra per draft forward, at this batch size (0 when nothing was probed)."""
+        plain = self._overhead.get("chain:0")
+        base = float(np.interp(batch, plain[0], plain[1])) if plain is not None else 0.0
+        if draft_forwards_per_step <= 0:
+            return base
+        extras = []
+        for shape, (xs, ys, fws) in self._overhead.items():
+            if shape == "chain:0" or plain is None:
+                continue
+            per_fw = (ys - np.interp(xs, plain[0], plain[1])) / np.maximum(fws, 1e-9)
+            extras.append(float(np.interp(batch, xs, np.maximum(per_fw, 0.0))))
+        return base + (float(np.mean(extras)) * draft_forwards_per_step if extras else 0.0)
+

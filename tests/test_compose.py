@@ -1,0 +1,92 @@
+"""Cost probes and composed speedup: the arithmetic on known costs, and the probes on a real model."""
+
+from __future__ import annotations
+
+import pytest
+
+from scylla.decode.stats import DecodeStats
+from scylla.decode.tree import TreeSpec
+from scylla.measure.compose import predict_seconds, predict_speedup, required_widths, step_plan
+from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe, probe_forwards, probe_overhead, probe_prefill
+from scylla.testing import random_prompts, tiny_llama
+
+
+def _probe(role, kind, width, batch, t):
+    return ForwardProbe(role, kind, batch, width, 16, [t, t * 1.1, t * 0.9])
+
+
+def _table(batches=(1, 2, 4)):
+    # target: 10 ms + 1 ms per row per token of width; draft: 2 ms flat; prefill 5 ms; overhead 1 ms/step.
+    probes = []
+    for b in batches:
+        for w in (1, 2, 3, 4, 5):
+            probes.append(_probe("target", "decode", w, b, 0.010 + 0.001 * b * w))
+        for w in (1, 2):
+            probes.append(_probe("draft", "decode", w, b, 0.002))
+        probes.append(ForwardProbe("target", "prefill", b, 16, 16, [0.005] * 3))
+        probes.append(ForwardProbe("draft", "prefill", b, 16, 16, [0.001] * 3))
+    overheads = [OverheadProbe(b, "chain:0", [0.001] * 3, 0.0) for b in batches]
+    overheads += [OverheadProbe(b, "chain:2", [0.003] * 3, 2.0) for b in batches]
+    return probes, overheads
+
+
+def test_step_plans_name_the_forwards_each_shape_runs():
+    chain = step_plan(TreeSpec.chain(4), True)
+    assert (chain.target_width, chain.target_kind, chain.draft_forwards) == (5, "decode", 4)
+    tree = step_plan(TreeSpec.parse("static:3x2x1"), True)
+    assert (tree.target_width, tree.target_kind) == (1 + 3 + 6 + 6, "tree")
+    assert tree.draft_blocks == ((3, "tree"), (6, "tree"))
+    assert step_plan(TreeSpec.chain(0), False).draft_forwards == 0
+    need = required_widths([TreeSpec.chain(2), TreeSpec.parse("static:2x2")], True)
+    assert need["target"]["decode"] == {1, 3} and need["target"]["tree"] == {7} and need["draft"]["tree"] == {2}
+    with pytest.raises(ValueError, match="dynamic"):
+        step_plan(TreeSpec.parse("dynamic:2x2x3"), True)
+
+
+def test_predicted_seconds_replay_the_ragged_batch():
+    """Rows needing 3 and 1 steps at batch 2: forwards at 2, 1 and 1 active rows, plus the prefills."""
+    probes, overheads = _table()
+    table = CostTable(probes, overheads)
+    plain = predict_seconds([3, 1], 2, table, step_plan(TreeSpec.chain(0), False))
+    expect = 0.005 + sum(0.010 + 0.001 * b * 1 + 0.001 for b in (2, 1, 1))
+    assert plain == pytest.approx(expect)
+    chain = predict_seconds([3, 1], 2, table, step_plan(TreeSpec.chain(2), True), full_accept_rate=0.0)
+    # target width 3, draft width-1 forward twice, overhead 1 ms + 1 ms per draft forward
+    expect = 0.005 + 0.001 + sum(0.010 + 0.001 * b * 3 + 2 * 0.002 + 0.003 for b in (2, 1, 1))
+    assert chain == pytest.approx(expect)
+    with pytest.raises(KeyError, match="width 9"):
+        table.time("target", "decode", 9, 1)
+
+
+def test_predicted_speedup_and_its_interval_on_known_costs():
+    probes, overheads = _table()
+    stats = DecodeStats(gamma=2, temperature=0.0, batch_size=0, n_prompts=4, tree="chain:2",
+                        accepted_per_position=[6, 2], reached_per_position=[8, 6], prompt_steps=[3, 3, 2, 2],
+                        prompt_generated=[9, 8, 6, 5], prompt_accepted=[5, 4, 3, 2], prompt_drafted=[6, 6, 4, 4])
+    stats.steps, stats.accepted = 10, 14
+    out = predict_speedup(stats, 2, probes, overheads, n_boot=50)
+    table = CostTable(probes, overheads)
+    t_spec = predict_seconds([3, 3, 2, 2], 2, table, step_plan(TreeSpec.chain(2), True), 2 / 10)
+    t_plain = predict_seconds([8, 7, 5, 4], 2, table, step_plan(TreeSpec.chain(0), False))
+    assert out["speedup"] == pytest.approx(t_plain / t_spec)
+    assert out["low"] <= out["speedup"] <= out["high"]
+    steady = stats.tau * (0.012 + 0.001) / (0.016 + 0.8 * 0.002 + 0.2 * 0.002 + 0.002 + 0.003)
+    assert out["steady_state"] == pytest.approx(steady)
+
+
+def test_probes_time_every_requested_forward_of_a_real_model():
+    model = tiny_llama(64, d_model=32, n_layers=1, n_heads=2)
+    probes = probe_forwards(model, role="target", batch_sizes=[1, 3], widths=[1, 4], tree_widths=[4], context=10,
+                            repeats=2)
+    assert {(p.batch_size, p.kind, p.width) for p in probes} == {(b, k, w) for b in (1, 3) for k, w in
+                                                                   (("decode", 1), ("decode", 4), ("tree", 4))}
+    assert all(len(p.times) == 2 and p.best <= p.median and p.context == 10 for p in probes)
+    assert probes[0].machine["threads"] >= 1 and "cpu_capability" in probes[0].machine
+    pre = probe_prefill(model, role="target", batch_sizes=[2], context=12, repeats=2)
+    assert pre[0].kind == "prefill" and len(pre[0].times) == 2
+    ov = probe_overhead(model, None, random_prompts(4, 64, seed=1), batch_sizes=[2], shape="chain:0", new_tokens=4,
+                        repeats=2)
+    assert ov[0].batch_size == 2 and all(t >= 0 for t in ov[0].per_step) and ov[0].draft_forwards_per_step == 0
+    table = CostTable(probes + pre, ov)
+    assert table.time("target", "decode", 4, 2) == pytest.approx(
+        (table.time("target", "decode", 4, 1) + table.time("target", "decode", 4, 3)) / 2)
