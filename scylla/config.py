@@ -45,7 +45,8 @@ __all__ = [
     "config_hash",
 ]
 
-DRAFT_FAMILIES = ("llama", "mtp")
+DRAFT_FAMILIES = ("llama", "mtp", "ngram")
+DECODE_METHODS = ("oracle", "engine")
 TOKENIZER_KINDS = ("bpe", "byte")  # plus "pretrained:<name_or_path>"
 TARGET_SOURCES = ("preset", "pretrained")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -164,11 +165,17 @@ class DraftConfig:
     # family=mtp: take the n-1 extra head layers out of the trunk (Gloeckle et al.'s parameter-matched
     # comparison) instead of adding them on top of an n_layers-deep next-token model.
     parameter_matched: bool = False
+    # family=ngram (prompt lookup, no model): the longest and shortest suffix n-gram looked up.
+    ngram_max: int = 3
+    ngram_min: int = 1
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "draft.name", "must be a non-empty string")
         _check(self.family in DRAFT_FAMILIES, "draft.family",
                f"unknown family {self.family!r}; use one of {list(DRAFT_FAMILIES)}")
+        if self.family == "ngram":
+            _check(1 <= self.ngram_min <= self.ngram_max, "draft.ngram_min",
+                   f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min} and {self.ngram_max}")
         _check_shape("draft", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
         _check(self.tokens is not None and self.tokens >= 1, "draft.tokens",
                f"the token budget must be a positive number of tokens, got {self.tokens!r}")
@@ -261,23 +268,73 @@ class TrainSchema:
 
 @dataclass
 class DecodeConfig:
-    """Speculative decoding settings. Every batch size is measured inside one job, so a batch sweep
-    loads each checkpoint once and never retrains."""
+    """Speculative decoding settings. Every batch size, gamma and static tree is measured inside one
+    job (one model load, no retraining).
+
+    ``method: oracle`` (the default) prices acceptance for every chain in ``gammas`` (null: just
+    ``gamma``) and every static tree in ``trees`` with the teacher-forced oracle, probes costs at every
+    batch size and records the predicted speedup; then it decodes a few cells for real with the engine
+    (``check_cells`` per batch size in ``check_batch_sizes``, null = every batch size, on the first
+    ``check_prompts`` prompts of the first task). ``method: engine`` decodes every cell for real."""
 
     gamma: int = 4
     temperature: float = 0.0
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
     max_new_tokens: int = 64
+    gammas: Optional[list[int]] = None
+    trees: list[str] = field(default_factory=list)
+    method: str = "oracle"
+    samples_per_prompt: int = 1
+    check_batch_sizes: Optional[list[int]] = None
+    check_cells: int = 2
+    check_prompts: int = 8
+    check_repeats: int = 3
+    probe_repeats: int = 5
 
     def __post_init__(self) -> None:
+        import math
+
         _positive(self.gamma, "decode.gamma")
-        _check(self.temperature >= 0, "decode.temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
+        _check(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0,
+               "decode.temperature", f"must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         _check(len(self.batch_sizes) > 0, "decode.batch_sizes", "list at least one batch size, e.g. [1, 4, 16]")
         bad = [b for b in self.batch_sizes if b < 1]
         _check(not bad, "decode.batch_sizes", f"batch sizes must be >= 1, got {bad}")
         _check(len(set(self.batch_sizes)) == len(self.batch_sizes), "decode.batch_sizes",
                f"has duplicates: {list(self.batch_sizes)}")
         _positive(self.max_new_tokens, "decode.max_new_tokens")
+        _check(self.method in DECODE_METHODS, "decode.method",
+               f"unknown method {self.method!r}; use oracle (price acceptance, check a few cells) or engine (decode all)")
+        if self.gammas is not None:
+            _check(len(self.gammas) > 0 and all(g >= 1 for g in self.gammas), "decode.gammas",
+                   f"list draft lengths >= 1 (or null for [decode.gamma]), got {self.gammas}")
+            _check(len(set(self.gammas)) == len(self.gammas), "decode.gammas", f"has duplicates: {self.gammas}")
+        from scylla.decode.tree import TreeError, TreeSpec
+
+        for tree in self.trees:
+            try:
+                spec = TreeSpec.parse(tree)
+            except TreeError as err:
+                raise ConfigError(f"decode.trees: {err}") from None
+            _check(spec.depth >= 1, "decode.trees", f"{tree!r} has no depth")
+        _positive(self.samples_per_prompt, "decode.samples_per_prompt")
+        _check(self.temperature > 0 or self.samples_per_prompt == 1, "decode.samples_per_prompt",
+               "greedy continuations are deterministic: use 1 at temperature 0")
+        if self.check_batch_sizes is not None:
+            extra = [b for b in self.check_batch_sizes if b not in self.batch_sizes]
+            _check(not extra, "decode.check_batch_sizes", f"{extra} are not in decode.batch_sizes {self.batch_sizes}")
+        _check(self.check_cells >= 0, "decode.check_cells", f"must be >= 0 (0: no engine check), got {self.check_cells}")
+        _positive(self.check_prompts, "decode.check_prompts")
+        _positive(self.check_repeats, "decode.check_repeats")
+        _positive(self.probe_repeats, "decode.probe_repeats")
+
+    @property
+    def shapes(self) -> list[str]:
+        """Every draft shape a job measures: the chains of ``gammas`` (or ``gamma``), then ``trees``."""
+        from scylla.decode.tree import TreeSpec
+
+        chains = [TreeSpec.chain(int(g)).describe() for g in (self.gammas or [self.gamma])]
+        return chains + [TreeSpec.parse(t).describe() for t in self.trees if TreeSpec.parse(t).describe() not in chains]
 
 
 @dataclass
@@ -396,7 +453,7 @@ class ScyllaConfig:
 
     def __post_init__(self) -> None:
         step = self.train.batch_size * self.train.seq_len
-        small = [b for b in self.draft.budgets if b < step]
+        small = [b for b in self.draft.budgets if b < step] if self.draft.family != "ngram" else []
         _check(not small, "draft.tokens", f"budget(s) {small} are smaller than one training step (train.batch_size "
                f"{self.train.batch_size} x train.seq_len {self.train.seq_len} = {step} tokens); raise the budget "
                "or lower train.batch_size/seq_len")

@@ -162,8 +162,7 @@ def speculative_generate(
     else:
         spec = _spec(gamma, tree)
         if isinstance(draft, Proposer) and spec.depth and spec != draft.spec:
-            raise ValueError(f"the proposer drafts {draft.spec.describe()}, but {spec.describe()} was asked for; "
-                             "build the proposer with the shape you want and pass no gamma/tree")
+            draft = draft.with_spec(spec)
     validate_request(target, draft, prompts, spec, max_new_tokens, temperature, batch_size, eos_token_id)
     proposer = make_proposer(draft, spec)
     runner = lambda n, device: TargetRunner(target, n, device, proposer.features if proposer else None)  # noqa: E731

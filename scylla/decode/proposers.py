@@ -48,6 +48,10 @@ class Proposer:
         """Target vocabulary size the proposer's token ids live in (None: any)."""
         return None
 
+    def with_spec(self, spec: TreeSpec) -> "Proposer":
+        """The same proposer drafting another shape (a fresh, unstarted one)."""
+        raise ValueError(f"{self.name} drafts {self.spec.describe()} only, but {spec.describe()} was asked for")
+
     def start(self, tokens: torch.Tensor, valid: torch.Tensor, target_features: torch.Tensor | None,
               temperature: float, generator: torch.Generator | None) -> None:
         """A new chunk: the left-padded prompt block [B, L] (and the target's prompt features); called
@@ -344,6 +348,11 @@ class NgramProposer(Proposer):
             raise ValueError(f"ngram sizes need 1 <= n_min <= n_max, got n_min={n_min}, n_max={n_max}")
         super().__init__(TreeSpec.chain(gamma))
         self.n_max, self.n_min = n_max, n_min
+
+    def with_spec(self, spec: TreeSpec) -> "NgramProposer":
+        if not spec.is_chain:
+            raise ValueError(f"n-gram lookup drafts chains, not {spec.describe()}")
+        return NgramProposer(spec.depth, self.n_max, self.n_min)
 
     @staticmethod
     def lookup(context: Sequence[int], n_max: int, n_min: int, count: int) -> list[int]:

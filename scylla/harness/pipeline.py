@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +116,10 @@ class JobContext:
     tokenizer: Any = None
     target: Optional[PreparedModel] = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Stops a row when emitted (None: continuation tasks run to max_new_tokens).
+    eos_token_id: Optional[int] = None
+    # What the measurement stage adds to the record besides its rows (probes, continuation keys, checks).
+    record_extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self) -> Any:
         return self.cfg.train.to_train_config(threads=self.threads)
@@ -257,8 +260,21 @@ def mtp_measure_fn(k: int) -> Callable[..., list[Any]]:
     return measure_fn
 
 
+def _ngram_draft(ctx: JobContext) -> PreparedModel:
+    """Prompt lookup (vLLM's ``ngram``): no model and no training; the baseline every peer offers."""
+    from scylla.decode.proposers import NgramProposer
+    from scylla.decode.tree import TreeSpec
+
+    d = ctx.cfg.draft
+    depth = max(TreeSpec.parse(s).depth for s in ctx.cfg.decode.shapes)
+    info = {"name": d.name, "family": "ngram", "params": 0, "params_non_embedding": 0, "tokens": d.tokens,
+            "ngram_max": d.ngram_max, "ngram_min": d.ngram_min, "val_loss": None}
+    return PreparedModel(NgramProposer(depth, n_max=d.ngram_max, n_min=d.ngram_min), info)
+
+
 register_draft_family("llama", _llama_draft)
 register_draft_family("mtp", _mtp_draft, needs_target=False)
+register_draft_family("ngram", _ngram_draft)
 
 
 def draft_family(family: str) -> DraftFamily:
@@ -268,61 +284,11 @@ def draft_family(family: str) -> DraftFamily:
     return DRAFT_BUILDERS[family]
 
 
-def _stats_dict(stats: Any) -> dict[str, Any]:
-    return stats.to_dict() if hasattr(stats, "to_dict") else dict(stats)
-
-
 def measure(ctx: JobContext, draft: PreparedModel) -> list[dict[str, Any]]:
-    """Speculative vs plain decoding for every (task, batch size); each logged as it lands.
+    """The job's measurements (`scylla.harness.measurement`): oracle, probes and engine checks."""
+    from scylla.harness.measurement import measure as measure_stage
 
-    A family's ``measure`` may return one measurement or a list of them (MTP: one per head count k');
-    each becomes one row with its own ``gamma``."""
-    from scylla.data.tasks import eval_prompts
-    from scylla.measure.speedup import measure_speedup
-
-    cfg = ctx.cfg
-    assert ctx.target is not None
-    measure_fn = draft.measure or measure_speedup
-    cells = [(task, b) for task in cfg.eval.tasks for b in cfg.decode.batch_sizes]
-    bar = None
-    if ctx.progress:
-        from tqdm.auto import tqdm
-
-        shape = f"k=2..{cfg.draft.k}" if cfg.draft.family == "mtp" else f"g={cfg.decode.gamma}"
-        bar = tqdm(total=len(cells), desc=f"eval {cfg.draft.name}@{cfg.draft.tokens:,} {shape}",
-                   unit="cell", dynamic_ncols=True, file=sys.stderr)
-    out: list[dict[str, Any]] = []
-    try:
-        for task in cfg.eval.tasks:
-            prompts = eval_prompts(task, ctx.tokenizer, cfg.eval.n_prompts, cfg.eval.prompt_tokens, seed=cfg.eval.seed)
-            for batch in cfg.decode.batch_sizes:
-                result = measure_fn(ctx.target.model, draft.model, prompts, gamma=cfg.decode.gamma, batch_size=batch,
-                                    max_new_tokens=cfg.decode.max_new_tokens, temperature=cfg.decode.temperature,
-                                    seed=cfg.seed, repeats=cfg.eval.repeats)
-                ms = list(result) if isinstance(result, (list, tuple)) else [result]
-                for m in ms:
-                    row = {
-                        "task": task, "batch_size": batch, "gamma": getattr(m, "gamma", cfg.decode.gamma),
-                        "temperature": cfg.decode.temperature, "n_prompts": len(prompts),
-                        "max_new_tokens": cfg.decode.max_new_tokens,
-                        "speculative": _stats_dict(m.speculative), "baseline": _stats_dict(m.baseline),
-                        "tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
-                        "speedup": m.speedup, "c": m.c, "draft_step_seconds": m.draft_step_seconds,
-                        "target_step_seconds": m.target_step_seconds, "verify_step_seconds": m.verify_step_seconds,
-                    }
-                    if getattr(m, "k", None) is not None:  # MTP: heads used (k' = gamma + 1)
-                        row["k"] = int(m.k)
-                    out.append(row)
-                    ctx.tracker.log_measurement(row)
-                if bar is not None:
-                    bar.update(1)
-                    if ms:
-                        bar.set_postfix(task=task, B=batch, alpha=f"{ms[-1].speculative.alpha:.3f}",
-                                        speedup=f"{ms[-1].speedup:.2f}", refresh=False)
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
+    return measure_stage(ctx, draft)
 
 
 def _versions() -> dict[str, str]:
@@ -430,6 +396,7 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
                 "draft": draft.info,
                 "measurements": measurements,
                 "timings": ctx.timings,
+                **ctx.record_extra,
                 "tau_definition": TAU_DEFINITION,
                 "provenance": {
                     "code_version": code_version(),

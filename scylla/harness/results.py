@@ -24,24 +24,24 @@ from typing import Any
 import pandas as pd
 from filelock import FileLock
 
-__all__ = ["SCHEMA_VERSION", "COLUMNS", "ResultStore", "ResultsError", "load", "load_wandb", "records_to_frame",
+from scylla.measure.rows import MEASUREMENT_COLUMNS, flatten
+
+__all__ = ["SCHEMA_VERSION", "COLUMNS", "ResultStore", "ResultsError", "load", "load_checks", "load_wandb", "records_to_frame",
            "read_record", "json_safe"]
 
 SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
 
-# The tidy frame, in order. Per-position acceptance adds alpha_1..alpha_k (and accepted_/reached_ counts).
-COLUMNS = [
-    "run_id", "experiment", "family", "task", "draft_name", "draft_params", "draft_params_non_embedding",
-    "draft_n_layers", "draft_d_model", "draft_n_heads", "draft_ffn_dim", "draft_tokens", "batch_size", "gamma",
-    "temperature", "target_name", "target_params", "target_params_non_embedding", "n_prompts", "max_new_tokens",
-    "drafted", "accepted", "steps", "generated_tokens", "target_forwards", "draft_forwards", "draft_seconds",
-    "verify_seconds", "prefill_seconds", "wall_seconds", "alpha", "tau", "tokens_per_second",
-    "baseline_tokens_per_second", "baseline_wall_seconds", "baseline_generated_tokens", "speedup", "c",
-    "draft_step_seconds", "target_step_seconds", "verify_step_seconds", "draft_val_loss", "target_val_loss",
-    "prompt_accepted", "prompt_drafted", "prompt_steps", "corpus_manifest_hash", "code_version", "device",
-    "threads", "created_at", "record_path",
+# The tidy frame, in order: job columns, the measurement's (`scylla.measure.rows`, the one schema of a
+# measurement), then provenance. Per-depth acceptance adds alpha_1..alpha_k, alpha_u_1..k (vLLM's
+# unconditional rate) and accepted_/reached_ counts.
+JOB_COLUMNS = [
+    "run_id", "experiment", "family", "draft_name", "draft_params", "draft_params_non_embedding",
+    "draft_n_layers", "draft_d_model", "draft_n_heads", "draft_ffn_dim", "draft_tokens", "target_name",
+    "target_params", "target_params_non_embedding", "draft_val_loss", "target_val_loss",
 ]
+PROVENANCE_COLUMNS = ["corpus_manifest_hash", "code_version", "device", "threads", "created_at", "record_path"]
+COLUMNS = JOB_COLUMNS + MEASUREMENT_COLUMNS + PROVENANCE_COLUMNS
 
 
 class ResultsError(ValueError):
@@ -151,16 +151,13 @@ def _record_paths(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike])
                        "(scylla-run -m sweep=grid) or point at its paths.results_dir")
 
 
-def _per_position(prefix: str, values: list[Any] | None) -> dict[str, Any]:
-    return {f"{prefix}_{i + 1}": v for i, v in enumerate(values or [])}
-
-
 def _nan(value: Any) -> Any:
     return float("nan") if value is None else value
 
 
-def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per measurement (task x batch size) of a record."""
+def record_rows(record: dict[str, Any], part: str = "measurements") -> list[dict[str, Any]]:
+    """One flat row per measurement (task x shape x batch size) of a record; ``part="checks"`` gives
+    its engine checks (cells decoded for real to check the oracle's predictions) instead."""
     cfg = record.get("config", {})
     target, draft, prov = record.get("target", {}), record.get("draft", {}), record.get("provenance", {})
     common = {
@@ -187,36 +184,10 @@ def record_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         "created_at": record.get("created_at"),
         "record_path": record.get("record_path"),
     }
-    rows = []
-    for m in record["measurements"]:
-        spec, base = m["speculative"], m["baseline"]
-        row = dict(common)
-        row.update(
-            task=m["task"], batch_size=m["batch_size"], gamma=m["gamma"], temperature=m["temperature"],
-            n_prompts=m.get("n_prompts"), max_new_tokens=m.get("max_new_tokens"),
-            **{k: spec.get(k) for k in ("drafted", "accepted", "steps", "generated_tokens", "target_forwards",
-                                         "draft_forwards", "draft_seconds", "verify_seconds", "prefill_seconds",
-                                         "wall_seconds")},
-            alpha=_nan(spec.get("alpha")), tau=_nan(spec.get("tau")),
-            tokens_per_second=_nan(m.get("tokens_per_second")),
-            baseline_tokens_per_second=_nan(m.get("baseline_tokens_per_second")),
-            baseline_wall_seconds=base.get("wall_seconds"),
-            baseline_generated_tokens=base.get("generated_tokens"),
-            speedup=_nan(m.get("speedup")), c=_nan(m.get("c")),
-            draft_step_seconds=_nan(m.get("draft_step_seconds")),
-            target_step_seconds=_nan(m.get("target_step_seconds")),
-            verify_step_seconds=_nan(m.get("verify_step_seconds")),
-            prompt_accepted=spec.get("prompt_accepted"), prompt_drafted=spec.get("prompt_drafted"),
-            prompt_steps=spec.get("prompt_steps"),
-        )
-        row.update({k: _nan(v) for k, v in _per_position("alpha", spec.get("alpha_n")).items()})
-        row.update(_per_position("accepted", spec.get("accepted_per_position")))
-        row.update(_per_position("reached", spec.get("reached_per_position")))
-        rows.append(row)
-    return rows
+    return [{**common, **flatten(m)} for m in record.get(part) or []]
 
 
-def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def records_to_frame(records: Iterable[dict[str, Any]], part: str = "measurements") -> pd.DataFrame:
     """The tidy frame of `load` from record dicts (duplicates of one run_id collapse to one)."""
     seen: set[str] = set()
     rows: list[dict[str, Any]] = []
@@ -224,13 +195,16 @@ def records_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if record["run_id"] in seen:
             continue
         seen.add(record["run_id"])
-        rows.extend(record_rows(record))
+        rows.extend(record_rows(record, part))
     frame = pd.DataFrame(rows)
-    extra = sorted((c for c in frame.columns if c not in COLUMNS),
-                   key=lambda c: (c.rsplit("_", 1)[0], int(c.rsplit("_", 1)[1]) if c.rsplit("_", 1)[1].isdigit() else 0))
+    def order(column: str) -> tuple[str, int]:  # alpha_1, alpha_2, ..., alpha_10 in numeric order
+        stem, _, num = column.rpartition("_")
+        return (stem, int(num)) if stem and num.isdigit() else (column, 0)
+
+    extra = sorted((c for c in frame.columns if c not in COLUMNS), key=order)
     frame = frame.reindex(columns=COLUMNS + extra)
     if len(frame):
-        frame = frame.sort_values(["experiment", "draft_name", "draft_tokens", "gamma", "task", "batch_size"],
+        frame = frame.sort_values(["experiment", "draft_name", "draft_tokens", "source", "tree", "task", "batch_size"],
                                   kind="stable", na_position="last").reset_index(drop=True)
     return frame
 
@@ -243,6 +217,12 @@ def load(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike] = "output
     counts. ``tau`` includes the bonus/correction token (1 + accepted/steps)."""
     paths = _record_paths(path_or_glob)
     return records_to_frame(read_record(p) for p in paths)
+
+
+def load_checks(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike] = "outputs/results") -> pd.DataFrame:
+    """The engine checks of the records (same columns as `load`): cells decoded for real, each with its
+    measured ``speedup``, the oracle's ``predicted_speedup`` for the same prompts and ``oracle_match``."""
+    return records_to_frame((read_record(p) for p in _record_paths(path_or_glob)), part="checks")
 
 
 def load_wandb(project: str, entity: str | None = None, *, filters: dict[str, Any] | None = None,

@@ -109,15 +109,15 @@ class WandbTracker(Tracker):
 
     def log_measurement(self, measurement: dict[str, Any]) -> None:
         def go() -> None:
-            m = measurement
-            cell = f"{m['task']}/b{m['batch_size']}" + (f"/k{m['k']}" if m.get("k") is not None else "")
-            spec = m["speculative"]
-            data = {f"{cell}/{k}": m[k] for k in ("speedup", "c", "tokens_per_second",
-                                                  "baseline_tokens_per_second") if m.get(k) is not None}
-            data.update({f"{cell}/{k}": spec[k] for k in ("alpha", "tau") if spec.get(k) is not None})
-            for i, a in enumerate(spec.get("alpha_n") or []):
-                if a is not None:
-                    data[f"{cell}/alpha_{i + 1}"] = a
+            from scylla.measure.rows import TRACKED, flatten
+
+            row = flatten(measurement)
+            cell = f"{row['task']}/{row['source']}/{row['tree']}/b{row['batch_size']}" + (
+                f"/k{row['k']}" if row.get("k") is not None else "")
+            data = {f"{cell}/{k}": row[k] for k in TRACKED
+                    if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                    and row[k] == row[k]}
+            data.update({f"{cell}/{k}": v for k, v in row.items() if k.startswith("alpha_") and v == v})
             self._run.log(data)
 
         self._guard("log(measurement)", go)

@@ -54,6 +54,18 @@ class Continuations:
     batch_size: int = 0
     key: str = ""
 
+    def subset(self, prompt_indices: Sequence[int]) -> "Continuations":
+        """The continuations of some of the prompts (their samples), as a request of their own."""
+        keep = list(prompt_indices)
+        new_index = {p: i for i, p in enumerate(keep)}
+        rows = [i for i, p in enumerate(self.row_prompt) if p in new_index]
+        return Continuations(prompts=[self.prompts[p] for p in keep], tokens=[self.tokens[i] for i in rows],
+                             row_prompt=[new_index[self.row_prompt[i]] for i in rows],
+                             max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed,
+                             eos_token_id=self.eos_token_id, samples_per_prompt=self.samples_per_prompt,
+                             target=self.target, logprobs=[self.logprobs[i] for i in rows] if self.logprobs else None,
+                             batch_size=self.batch_size, key=f"{self.key}[{len(keep)}]")
+
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
 

@@ -83,24 +83,11 @@ class SpeedupMeasurement:
         return self.draft_step_seconds / self.target_step_seconds
 
     def to_dict(self) -> dict[str, Any]:
-        spec = self.speculative.to_dict()
-        return {
-            "gamma": self.gamma,
-            "batch_size": self.batch_size,
-            **{k: spec[k] for k in (
-                "drafted", "accepted", "steps", "accepted_per_position", "reached_per_position",
-                "target_forwards", "draft_forwards", "draft_seconds", "verify_seconds", "prefill_seconds",
-                "wall_seconds", "generated_tokens", "alpha", "alpha_n", "tau", "prompt_accepted",
-                "prompt_drafted", "prompt_steps", "prompt_generated", "tau_definition")},
-            "tokens_per_second": self.speculative_tps,
-            "baseline_tokens_per_second": self.baseline_tps,
-            "baseline_wall_seconds": self.baseline.wall_seconds,
-            "speedup": self.speedup,
-            "c": self.c,
-            "draft_step_seconds": self.draft_step_seconds,
-            "target_step_seconds": self.target_step_seconds,
-            "verify_step_seconds": self.verify_step_seconds,
-        }
+        """The measurement as one flat row (`scylla.measure.rows`), plus its per-depth alpha_n list."""
+        from scylla.measure.rows import flatten, from_speedup
+
+        entry = from_speedup("", self, temperature=self.speculative.temperature, max_new_tokens=0)
+        return {**flatten(entry), "alpha_n": self.speculative.alpha_n, "tau_definition": entry["tau_definition"]}
 
 
 def measure_speedup(
@@ -108,7 +95,8 @@ def measure_speedup(
     draft: torch.nn.Module | None,
     prompts: Sequence[Sequence[int]],
     *,
-    gamma: int,
+    gamma: int | None = None,
+    tree: str | None = None,
     batch_size: int,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -117,7 +105,8 @@ def measure_speedup(
     repeats: int = 1,
     warmup: bool = True,
 ) -> SpeedupMeasurement:
-    """Decode ``prompts`` speculatively and plainly at ``batch_size``; report speedup and c.
+    """Decode ``prompts`` speculatively (a chain of ``gamma`` or a ``tree`` shape) and plainly at
+    ``batch_size``; report speedup and c.
 
     Repeats are interleaved (plain, speculative, plain, ...) and summarised by the median
     tokens/s and median step times, so drifting machine load hits both sides alike. Counters come
@@ -127,17 +116,18 @@ def measure_speedup(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
                   eos_token_id=eos_token_id, seed=seed)
+    shape = dict(gamma=gamma, tree=tree)
     if warmup:
         few = list(prompts[: min(len(prompts), batch_size)])
         speculative_generate(target, None, few, gamma=0, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
-        speculative_generate(target, draft, few, gamma=gamma, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
+        speculative_generate(target, draft, few, **shape, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
     base_runs: list[DecodeStats] = []
     spec_runs: list[DecodeStats] = []
     for _ in range(repeats):
         base_runs.append(speculative_generate(target, None, prompts, gamma=0, **kwargs).stats)
-        spec_runs.append(speculative_generate(target, draft, prompts, gamma=gamma, **kwargs).stats)
+        spec_runs.append(speculative_generate(target, draft, prompts, **shape, **kwargs).stats)
     return SpeedupMeasurement(
-        gamma=gamma, batch_size=batch_size, speculative=spec_runs[-1], baseline=base_runs[-1],
+        gamma=spec_runs[-1].gamma, batch_size=batch_size, speculative=spec_runs[-1], baseline=base_runs[-1],
         speculative_tps=statistics.median(s.tokens_per_second for s in spec_runs),
         baseline_tps=statistics.median(b.tokens_per_second for b in base_runs),
         speculative_runs=spec_runs, baseline_runs=base_runs,
