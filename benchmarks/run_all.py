@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-MODULES = ["engine", "train", "fit", "mtp"]
+MODULES = ["engine", "oracle", "tree", "train", "fit", "mtp"]
 
 
 def main(argv: list[str] | None = None) -> int:

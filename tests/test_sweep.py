@@ -259,6 +259,21 @@ def test_demo_grid_ids_match_the_sweep_and_the_table_reads_them(tmp_path: Path) 
     assert "draft-w64" in table and "best at batch   4" in table and "alpha by task: bible 0.433" in table
 
 
+def test_checks_table_compares_measured_with_predicted_and_flags_counter_mismatches() -> None:
+    import pandas as pd
+
+    from scylla.harness.demo import checks_table
+
+    checks = pd.DataFrame({"draft_name": ["d", "d"], "draft_tokens": [1000, 1000], "batch_size": [1, 8],
+                           "gamma": [4, 2], "tree": [None, "static:2x1"], "speedup": [1.1, 0.8],
+                           "predicted_speedup": [1.0, 1.0], "oracle_match": [True, False]})
+    table = checks_table(checks)
+    assert "chain:4" in table and "static:2x1" in table and "DIFFER" in table
+    assert "0.800-1.100 over 2 cells (worst |ratio - 1| = 0.200)" in table
+    assert "equal the oracle's in 1 of 2" in table
+    assert checks_table(checks.iloc[:0]) == "no engine checks in these records"
+
+
 @pytest.mark.slow
 def test_demo_runs_the_grid_and_prints_the_summary(trained: dict[str, Any], tmp_path: Path,
                                                    subprocess_env: dict[str, str]) -> None:

@@ -6,7 +6,8 @@ recommended draft configuration. See docs/fitting.md.
     res.params, res.intervals, res.predict(new_rows, interval=True)
 """
 
-from .checks import FitWarning, aicc, compare_forms, r_squared
+from .checks import FitWarning, aicc, r_squared
+from .core import compare_forms
 from .core import FitError, FitResult, fit_law, huber
 from .laws import FORMS, LawForm, get_form, register_form
 

@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .core import FitResult
-    from .laws import LawForm
-
-__all__ = ["FitWarning", "r_squared", "aicc", "akaike_weights", "range_warnings", "leave_largest_out",
-           "compare_forms"]
+__all__ = ["FitWarning", "r_squared", "aicc", "akaike_weights", "range_warnings"]
 
 
 class FitWarning(UserWarning):
@@ -83,73 +76,3 @@ def range_warnings(x_names: list[str], X: np.ndarray, x_range: dict[str, tuple[f
 def emit(msgs: list[str]) -> None:
     for m in msgs:
         warnings.warn(m, FitWarning, stacklevel=3)
-
-
-def leave_largest_out(result: FitResult, frame: pd.DataFrame) -> dict[str, dict]:
-    """Per axis: refit without the configurations at that axis' largest value and predict them.
-
-    Reports the mean absolute and mean relative error on the response's natural scale, and how far
-    the held-out points lie beyond the training range (the extrapolation factor in x).
-    """
-    from .core import FitError, _fit_point, _prepare  # local: core imports this module
-
-    out: dict[str, dict] = {}
-    data = _prepare(frame, result.form, result.x, result.y, result.weights_spec)
-    for j, name in enumerate(result.x):
-        col = data.X[:, j]
-        held = col >= col.max() * (1 - 1e-12)
-        train = ~held
-        if np.unique(col).size < 3:
-            out[name] = {"skipped": f"needs >= 3 distinct values of {name!r}, has {np.unique(col).size}"}
-            continue
-        try:
-            sub = data.subset(train)
-            sub.validate(result.form)
-            theta, *_ = _fit_point(result.form, sub, result.delta, reduced=True,
-                                   max_starts=1 if result.form.convex else 20, extra_starts=[result.raw])
-        except FitError as exc:
-            out[name] = {"skipped": str(exc)}
-            continue
-        y_hat = result.form.predict_y(theta, data.U[held])
-        y_true = data.y[held]
-        err = y_hat - y_true
-        out[name] = {
-            "n_heldout": int(held.sum()),
-            "n_train": int(train.sum()),
-            "x_heldout": float(col.max()),
-            "extrapolation_factor": float(col.max() / col[train].max()),
-            "mean_abs_error": float(np.mean(np.abs(err))),
-            "mean_error": float(np.mean(err)),
-            "mean_rel_error": float(np.mean(np.abs(err) / np.maximum(np.abs(y_true), 1e-300))),
-        }
-    return out
-
-
-def compare_forms(frame: pd.DataFrame, forms: list[str | LawForm], x: str | list[str], y: str,
-                  **fit_kwargs) -> pd.DataFrame:
-    """Fit several forms to the same points and rank them by AICc on y's natural scale.
-
-    Returns one row per form (sorted, best first) with AICc, its difference to the best, the Akaike
-    weight, R^2 and the leave-largest-out errors. Forms that cannot be fitted are listed with the reason.
-    """
-    from .core import FitError, fit_law
-
-    rows = []
-    for form in forms:
-        try:
-            res = fit_law(frame, form, x, y, **fit_kwargs)
-        except FitError as exc:
-            rows.append({"form": form if isinstance(form, str) else form.name, "error": str(exc)})
-            continue
-        lloe = [v.get("mean_rel_error") for v in res.holdout.values() if "mean_rel_error" in v]
-        rows.append({
-            "form": res.form.name, "n_params": res.form.n_params, "aicc": res.aicc, "r2": res.r2,
-            "llo_mean_rel_error": float(np.mean(lloe)) if lloe else float("nan"), "converged": res.converged,
-            "result": res,
-        })
-    table = pd.DataFrame(rows)
-    if "aicc" in table:
-        table["delta_aicc"] = table["aicc"] - table["aicc"].min()
-        table["akaike_weight"] = akaike_weights(table["aicc"].to_numpy(dtype=float))
-        table = table.sort_values("aicc", na_position="last").reset_index(drop=True)
-    return table

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .checks import FitWarning, compare_forms
+from .checks import FitWarning
+from .core import compare_forms
 from .core import FitError, FitResult, fit_law, single_thread_blas
 from .cost import fit_cost_model
 from .mtp import mtp_rows, mtp_summary, mtp_table

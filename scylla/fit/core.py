@@ -37,7 +37,7 @@ from . import checks
 from .checks import FitWarning
 from .laws import LawForm, get_form
 
-__all__ = ["FitError", "FitResult", "fit_law", "huber"]
+__all__ = ["FitError", "FitResult", "fit_law", "huber", "leave_largest_out", "compare_forms"]
 
 HUBER_K = 1.345  # 95% efficiency under Gaussian errors
 CONVERGENCE_TOL = 1e-3  # max cosine between residual influence and a Jacobian column
@@ -676,8 +676,78 @@ def fit_law(
         lo, hi = np.percentile(rep, [q, 100 - q], axis=0)
         result.intervals = {k: (float(a), float(b)) for k, a, b in zip(form.param_names, lo, hi)}
     if holdout:
-        result.holdout = checks.leave_largest_out(result, frame)
+        result.holdout = leave_largest_out(result, frame)
     result.warnings = msgs
     for m in msgs:
         warnings.warn(f"{form.name} ({y} ~ {data.x_names}): {m}", FitWarning, stacklevel=3)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks that refit (here, not in checks.py, so that checks.py never imports this module)
+
+
+def leave_largest_out(result: FitResult, frame: pd.DataFrame) -> dict[str, dict]:
+    """Per axis: refit without the configurations at that axis' largest value and predict them.
+
+    Reports the mean absolute and mean relative error on the response's natural scale, and how far
+    the held-out points lie beyond the training range (the extrapolation factor in x).
+    """
+    out: dict[str, dict] = {}
+    data = _prepare(frame, result.form, result.x, result.y, result.weights_spec)
+    for j, name in enumerate(result.x):
+        col = data.X[:, j]
+        held = col >= col.max() * (1 - 1e-12)
+        train = ~held
+        if np.unique(col).size < 3:
+            out[name] = {"skipped": f"needs >= 3 distinct values of {name!r}, has {np.unique(col).size}"}
+            continue
+        try:
+            sub = data.subset(train)
+            sub.validate(result.form)
+            theta, *_ = _fit_point(result.form, sub, result.delta, reduced=True,
+                                   max_starts=1 if result.form.convex else 20, extra_starts=[result.raw])
+        except FitError as exc:
+            out[name] = {"skipped": str(exc)}
+            continue
+        y_hat = result.form.predict_y(theta, data.U[held])
+        y_true = data.y[held]
+        err = y_hat - y_true
+        out[name] = {
+            "n_heldout": int(held.sum()),
+            "n_train": int(train.sum()),
+            "x_heldout": float(col.max()),
+            "extrapolation_factor": float(col.max() / col[train].max()),
+            "mean_abs_error": float(np.mean(np.abs(err))),
+            "mean_error": float(np.mean(err)),
+            "mean_rel_error": float(np.mean(np.abs(err) / np.maximum(np.abs(y_true), 1e-300))),
+        }
+    return out
+
+
+def compare_forms(frame: pd.DataFrame, forms: list[str | LawForm], x: str | list[str], y: str,
+                  **fit_kwargs) -> pd.DataFrame:
+    """Fit several forms to the same points and rank them by AICc on y's natural scale.
+
+    Returns one row per form (sorted, best first) with AICc, its difference to the best, the Akaike
+    weight, R^2 and the leave-largest-out errors. Forms that cannot be fitted are listed with the reason.
+    """
+    rows = []
+    for form in forms:
+        try:
+            res = fit_law(frame, form, x, y, **fit_kwargs)
+        except FitError as exc:
+            rows.append({"form": form if isinstance(form, str) else form.name, "error": str(exc)})
+            continue
+        lloe = [v.get("mean_rel_error") for v in res.holdout.values() if "mean_rel_error" in v]
+        rows.append({
+            "form": res.form.name, "n_params": res.form.n_params, "aicc": res.aicc, "r2": res.r2,
+            "llo_mean_rel_error": float(np.mean(lloe)) if lloe else float("nan"), "converged": res.converged,
+            "result": res,
+        })
+    table = pd.DataFrame(rows)
+    if "aicc" in table:
+        table["delta_aicc"] = table["aicc"] - table["aicc"].min()
+        table["akaike_weight"] = checks.akaike_weights(table["aicc"].to_numpy(dtype=float))
+        table = table.sort_values("aicc", na_position="last").reset_index(drop=True)
+    return table

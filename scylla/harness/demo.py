@@ -29,7 +29,7 @@ import pandas as pd
 
 from scylla.config import ConfigError, compose, config_hash, validate
 
-__all__ = ["main", "grid_run_ids", "summary_table"]
+__all__ = ["main", "grid_run_ids", "summary_table", "checks_table"]
 
 
 def grid_run_ids(experiment: str, overrides: list[str]) -> dict[str, tuple[str, int]]:
@@ -49,9 +49,15 @@ def grid_run_ids(experiment: str, overrides: list[str]) -> dict[str, tuple[str, 
     return ids
 
 
+def _shape_column(frame: pd.DataFrame) -> pd.Series:
+    return frame["tree"].fillna("chain:" + frame["gamma"].astype("Int64").astype(str)) if "tree" in frame else (
+        "chain:" + frame["gamma"].astype(str))
+
+
 def summary_table(frame: pd.DataFrame) -> str:
-    """Per job (draft x tokens): size, loss, acceptance, tau and speedup at each batch size; then the
-    best job per batch size. Means over tasks."""
+    """Per job (draft x tokens): size, loss, acceptance, tau and speedup at each batch size (the best draft
+    shape there, means over tasks); then the best job and shape per batch size."""
+    frame = frame.assign(shape=_shape_column(frame))
     batches = sorted(frame.batch_size.unique())
     name_w = max(5, int(frame.draft_name.str.len().max()))
     head = (f"{'draft':{name_w}} {'params':>9} {'tokens':>9} {'loss':>5} {'alpha':>6} {'tau':>5}"
@@ -60,13 +66,18 @@ def summary_table(frame: pd.DataFrame) -> str:
     jobs = frame.groupby(["draft_params_non_embedding", "draft_name", "draft_tokens"], sort=True)
     best: dict[int, tuple[float, str]] = {}
     for (params, name, tokens), rows in jobs:
-        line = (f"{name:{name_w}} {int(params):>9,} {int(tokens):>9,} {rows.draft_val_loss.mean():5.2f} "
-                f"{rows.alpha.mean():6.3f} {rows.tau.mean():5.2f}")
+        per_shape = rows.groupby(["batch_size", "shape"]).agg(speedup=("speedup", "mean"), alpha=("alpha", "mean"),
+                                                              tau=("tau", "mean"))
+        top = per_shape.loc[per_shape.groupby(level=0).speedup.idxmax()]
+        loss = rows.draft_val_loss.mean()
+        line = (f"{name:{name_w}} {int(params):>9,} {int(tokens):>9,} {loss:5.2f} "
+                f"{top.alpha.mean():6.3f} {top.tau.mean():5.2f}")
         for b in batches:
-            s = rows[rows.batch_size == b].speedup.mean()
+            hit = top[top.index.get_level_values(0) == b]
+            s = float(hit.speedup.iloc[0]) if len(hit) else float("nan")
             line += f" {s:6.2f}"
             if not math.isnan(s) and s > best.get(b, (-1.0, ""))[0]:
-                best[b] = (s, f"{name} @ {int(tokens):,} tokens")
+                best[b] = (s, f"{name} @ {int(tokens):,} tokens, {hit.index[0][1]}")
         lines.append(line)
     lines.append("-" * len(head))
     for b in batches:
@@ -74,8 +85,37 @@ def summary_table(frame: pd.DataFrame) -> str:
             lines.append(f"best at batch {b:>3}: {best[b][1]} (speedup {best[b][0]:.2f}x)")
     tasks = frame.groupby("task").alpha.mean()
     lines.append("alpha by task: " + ", ".join(f"{t} {a:.3f}" for t, a in tasks.items()))
-    lines.append("params = non-embedding; loss = draft validation loss; tau = 1 + accepted/steps "
-                 "(bonus token included); S@B = wall-clock speedup over plain decoding at batch size B")
+    sources = sorted(frame["source"].dropna().unique()) if "source" in frame else []
+    kind = "predicted (oracle counters + cost probes)" if sources == ["oracle"] else "measured"
+    lines.append("params = non-embedding; loss = draft validation loss; alpha, tau at the best shape; "
+                 "tau = 1 + accepted/steps (bonus token included); S@B = wall-clock speedup over plain decoding at "
+                 f"batch size B, {kind}, best draft shape")
+    return "\n".join(lines)
+
+
+def checks_table(checks: pd.DataFrame) -> str:
+    """The engine checks: cells decoded for real beside the speedup predicted for the same prompts, and
+    whether the engine's counters equal the oracle's."""
+    if checks.empty:
+        return "no engine checks in these records"
+    checks = checks.assign(shape=_shape_column(checks))
+    head = f"{'draft':>12} {'tokens':>9} {'B':>3} {'shape':>16} {'predicted':>9} {'measured':>8} {'ratio':>6} counters"
+    lines = [head, "-" * len(head)]
+    ratios = []
+    for _, r in checks.sort_values(["draft_name", "draft_tokens", "batch_size", "shape"]).iterrows():
+        pred = r.get("predicted_speedup")
+        ratio = r.speedup / pred if pred is not None and pd.notna(pred) and pred > 0 else float("nan")
+        if not math.isnan(ratio):
+            ratios.append(ratio)
+        match = {True: "equal", False: "DIFFER"}.get(r.get("oracle_match"), "-")
+        lines.append(f"{r.draft_name:>12} {int(r.draft_tokens):>9,} {int(r.batch_size):>3} {r['shape']:>16} "
+                     f"{pred if pd.notna(pred) else float('nan'):9.3f} {r.speedup:8.3f} {ratio:6.3f} {match}")
+    lines.append("-" * len(head))
+    if ratios:
+        worst = max(abs(x - 1) for x in ratios)
+        lines.append(f"measured / predicted: {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)} cells "
+                     f"(worst |ratio - 1| = {worst:.3f}); counters equal the oracle's in "
+                     f"{int((checks.oracle_match == True).sum())} of {int(checks.oracle_match.notna().sum())}")  # noqa: E712
     return "\n".join(lines)
 
 
@@ -137,6 +177,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"Scylla demo results ({len(paths)} jobs, {len(frame)} measurements, sweep took "
           f"{time.perf_counter() - t0:.0f}s)")
     print(summary_table(frame))
+    from scylla.harness.results import load_checks
+
+    checks = load_checks(paths)
+    if not checks.empty:
+        print("\nEngine checks (decoded for real against the prediction for the same prompts):")
+        print(checks_table(checks))
     print(f"\nrecords: {results_dir}  (one JSON per job)")
     print(f"  python -c \"import scylla.harness.results as r; print(r.load('{results_dir}'))\"")
 
