@@ -161,6 +161,8 @@ def _model_info(model: Any, provenance: Optional[dict[str, Any]], checkpoint: Op
         "val_loss": prov.get("val_loss"), "tokens_seen": prov.get("tokens_seen"),
         "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_created": prov.get("created"),
         "corpus_manifest_hash": prov.get("corpus_manifest_hash"),
+        "train_precision": (prov.get("precision") or {}).get("precision"),
+        "train_bf16_speed_ratio": (prov.get("precision") or {}).get("ratio"),
     }
 
 
