@@ -1,7 +1,7 @@
 """One job of a sweep: config -> tokenizer -> target -> draft -> measurements -> one result record.
 
 `run_job` is what ``scylla-run`` calls for every Hydra job (any launcher) and what `scylla.harness.demo`
-and the tests call in-process. The stages follow the data flow of docs/design.md:
+and the tests call in-process. The stages follow the data flow of docs/design.md ("Data flow"):
 
 1. skip the job when its record already exists (the key is a hash of the job's identity);
 2. the tokenizer shared by target and draft (trained once and cached, or bytes, or pretrained);
