@@ -5,12 +5,13 @@ native bf16 (AVX512-BF16, AMX) it is faster from a few million parameters; on a 
 (AVX2 only) it can be many times slower; on a GPU with bf16 it is the normal choice. A fixed rule
 measured on one machine (the former "bf16 from 2M parameters on CPU") is therefore wrong elsewhere.
 
-``train.bf16: auto`` now times a few forward + backward passes of the model that is about to train (a
-private copy, on a small batch of its own sequence length) in fp32 and in bf16 autocast, interleaved,
-and keeps bf16 only when it is at least ``margin`` (5 %) faster: on a tie fp32 wins, being exact and
-portable. The answer is cached as a small JSON under ``<cache>/precision/`` per machine type (CPU
-model, core count, CPU capability), device, torch version, thread count and model architecture, so each
-shape is measured once per machine; concurrent jobs take a file lock, so one measures and the others
+``train.bf16: auto`` now times forward + backward passes of the model that is about to train (a
+private copy, on a batch of its own training shape, at most 4096 tokens) in fp32 and in bf16 autocast,
+interleaved: at least 3 rounds, more (up to 12) while they take under 4 s, so small models, whose
+ratio lies near 1, get more samples. bf16 is kept only when it is at least ``margin`` (5 %) faster:
+on a tie fp32 wins, being exact and portable. The answer is cached as a small JSON under
+``<cache>/precision/`` per machine type (CPU model, core count, CPU capability), device, torch version,
+thread count and model architecture, so each shape is measured once per machine; concurrent jobs take a file lock, so one measures and the others
 reuse. On CUDA, ``auto`` is bf16 where ``torch.cuda.is_bf16_supported()``, without timing.
 
 The AdamW step is left out of the timing: it runs in fp32 under both precisions, so it adds the same
@@ -42,8 +43,10 @@ __all__ = ["PrecisionDecision", "StepTimer", "decide_precision", "model_step_tim
 
 PRECISION_FORMAT = 1  # bump when the measurement changes, so old cached answers are not reused
 DEFAULT_MARGIN = 0.05  # bf16 must be at least this much faster (tokens/s) to be chosen
-MEASURE_STEPS = 3  # timed forward+backward passes per precision (after one warm-up each)
-MEASURE_TOKENS = 2048  # tokens per timed pass (whole rows of seq_len, at most one training batch)
+MEASURE_STEPS = 3  # timed forward+backward passes per precision at least (after one warm-up each)
+MEASURE_MAX_STEPS = 12  # ... and at most, while the measurement stays within MEASURE_SECONDS
+MEASURE_SECONDS = 4.0  # a small model gets more passes (its ratio is near 1, noise matters more)
+MEASURE_TOKENS = 4096  # tokens per timed pass at most: the training batch itself up to this size
 
 StepTimer = Callable[[bool], float]
 """``timer(bf16)`` -> seconds of one forward+backward pass; injected by tests, built by `model_step_timer`."""
@@ -165,15 +168,24 @@ def model_step_timer(model: torch.nn.Module, device: torch.device, tokens_shape:
     return step
 
 
-def _time_both(timer: StepTimer, steps: int) -> tuple[float, float]:
-    """Fastest pass of each precision: one warm-up each, then ``steps`` rounds in alternating order,
-    so drifting load from other processes hits both alike."""
+def _time_both(timer: StepTimer, steps: int, max_steps: int | None = None,
+               budget_seconds: float = MEASURE_SECONDS) -> tuple[float, float]:
+    """Fastest pass of each precision: one warm-up each, then at least ``steps`` rounds in alternating
+    order (drifting load from other processes hits both alike), more rounds up to ``max_steps`` while
+    the timed passes took less than ``budget_seconds``. Interference only slows a pass, so the
+    fastest pass is the best estimate of the cost on a shared machine."""
+    max_steps = max(steps, max_steps if max_steps is not None else steps)
     timer(False)
     timer(True)
     best = {False: math.inf, True: math.inf}
-    for i in range(steps):
+    spent = 0.0
+    for i in range(max_steps):
+        if i >= steps and spent >= budget_seconds:
+            break
         for bf16 in ((False, True) if i % 2 == 0 else (True, False)):
-            best[bf16] = min(best[bf16], timer(bf16))
+            t = timer(bf16)
+            spent += t
+            best[bf16] = min(best[bf16], t)
     return best[False], best[True]
 
 
@@ -230,9 +242,10 @@ def decide_precision(setting: str | bool, model: torch.nn.Module, device: torch.
         if cached is not None:
             return decided(cached, "cached")
         t0 = time.perf_counter()
-        fp32, bf16 = _time_both(timer or model_step_timer(model, device, shape, vocab_size), steps)
+        fp32, bf16 = _time_both(timer or model_step_timer(model, device, shape, vocab_size), steps,
+                                max(steps, MEASURE_MAX_STEPS))
         data = {"format": PRECISION_FORMAT, "fp32_step_seconds": fp32, "bf16_step_seconds": bf16,
-                "tokens_per_step": rows * seq_len, "steps": steps, "machine": _machine(), "device": str(device),
+                "tokens_per_step": rows * seq_len, "min_steps": steps, "machine": _machine(), "device": str(device),
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "model_class": type(model).__qualname__, "measure_seconds": time.perf_counter() - t0,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
