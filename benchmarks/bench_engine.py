@@ -122,7 +122,7 @@ def main() -> None:
     # cost from the loop's own overhead: a ratio near 1 here means the engine adds little.
     pred_b = float(batch_speedup(alpha_token, GAMMA, m1.target_step_seconds, m1.verify_step_seconds,
                                  m1.draft_step_seconds))
-    print(f"[2'] @B=1: prediction with the measured verify step (docs/design.md batch form) {pred_b:.2f}, "
+    print(f"[2'] @B=1: prediction with the measured verify step (docs/design.md, speedup formulas: batch form) {pred_b:.2f}, "
           f"measured {m1.speedup:.2f}, ratio {m1.speedup / pred_b:.2f}")
     # What the hardware allows: the raw target forward on gamma+1 tokens over one on 1 token (no engine).
     # With tau as predicted and a loop that costs nothing, [2] is at most (1 + gamma c) / (x + gamma c).

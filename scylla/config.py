@@ -228,7 +228,7 @@ class TrainSchema:
     cooldown_fraction: float = 0.2
     cooldown_shape: str = "1-sqrt"
     seed: int = 0
-    bf16: Union[str, bool] = "auto"
+    bf16: Union[str, bool] = "auto"  # auto: bf16 on a GPU with bf16, else measured (scylla.training.precision)
     log_every: int = 10
     eval_every: int = 0
     eval_tokens: int = 32_768

@@ -116,6 +116,28 @@ def test_cache_reuses_checkpoints(tmp_path):
     for key in ("model_spec", "train_config", "corpus_manifest_hash", "tokenizer_fingerprint", "code_version",
                 "val_loss", "parameters", "run_key"):
         assert key in prov
+    assert prov["precision"]["precision"] == ("bf16" if prov["bf16"] else "fp32")
+    assert prov["precision"]["how"] in ("measured", "cached") and prov["precision"]["ratio"] > 0
+
+
+def test_auto_precision_reuses_checkpoints_of_either_precision(tmp_path, monkeypatch):
+    """Checkpoints that auto trained in bf16 (as a machine type where bf16 measured faster would) are
+    reused by auto with no measurement: auto does not care which precision trained them, so another
+    machine type's choice is not retrained."""
+    import scylla.training.trainer as trainer
+    from scylla.training.precision import PrecisionDecision
+
+    monkeypatch.setattr(trainer, "decide_precision",
+                        lambda *a, **k: PrecisionDecision(True, "measured", 2.0, 1.0, 128))
+    other_machine = _train(tmp_path, [384])
+    prov = read_provenance(other_machine[384])
+    assert prov["bf16"] is True and prov["precision"]["ratio"] == 2.0
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("auto measured although a finished checkpoint was there")
+
+    monkeypatch.setattr(trainer, "decide_precision", no_measuring)
+    assert _train(tmp_path, [384]) == other_machine
 
 
 class Killed(Exception):

@@ -10,7 +10,7 @@ Each step, for every row still decoding:
 
 Rows accept different numbers of tokens (ragged acceptance) and stop independently; finished rows
 leave the batch. ``draft=None`` or ``gamma=0`` is plain decoding through the same loop, so baselines
-are not flattered. Counters follow docs/design.md: ``tau = 1 + accepted / steps`` includes the
+are not flattered. Counters follow docs/design.md ("Metrics"): ``tau = 1 + accepted / steps`` includes the
 bonus/correction token.
 """
 

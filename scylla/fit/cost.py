@@ -1,8 +1,9 @@
 """Cost model: step times as a function of draft shape, batch size and tokens per row.
 
 Wall-clock speedups are noisy and hardware-bound, so Scylla fits acceptance and cost separately and
-composes them (docs/design.md). The cost side is two small non-negative linear models, fitted by NNLS on
-relative errors (each row divided by its measured time) so that fast and slow steps count alike:
+composes them (docs/design.md, "Pitfalls" and "Speedup formulas"). The cost side is two small
+non-negative linear models, fitted by NNLS on relative errors (each row divided by its measured
+time) so that fast and slow steps count alike:
 
     draft step      T_d(N, L, B) = d0 + d1 * L + d2 * N * B
                     (fixed overhead, per-layer kernel launches, compute ~ params x rows)

@@ -1,7 +1,7 @@
 """Recommendation: which draft to train, with which gamma at each serving batch size.
 
 Fitted acceptance alpha(tokens, params) is composed with the fitted cost model into the predicted
-speedup of docs/design.md,
+speedup of docs/design.md ("Speedup formulas", batch form),
 
     S(B) = tau(alpha, gamma) * T_t(B, 1) / (T_t(B, gamma + 1) + gamma * T_d(B, 1)),
 
@@ -65,8 +65,9 @@ def _reached(frame: pd.DataFrame) -> np.ndarray:
 def acceptance_table(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """One row per draft configuration with counters summed over batch sizes and gammas.
 
-    Per-token acceptance does not depend on batch size (docs/design.md), and the same configuration at
-    several batch sizes is one measurement, not several: pooling keeps the bootstrap honest. Per-prompt
+    Per-token acceptance does not depend on batch size (docs/design.md, "Acceptance and batch size"),
+    and the same configuration at several batch sizes is one measurement, not several: pooling keeps
+    the bootstrap honest. Per-prompt
     lists are summed elementwise when they cover the same prompts (equal lengths), else concatenated.
     `alpha` and `tau` are recomputed from the pooled counters.
 

@@ -1,7 +1,7 @@
 """One job of a sweep: config -> tokenizer -> target -> draft -> measurements -> one result record.
 
 `run_job` is what ``scylla-run`` calls for every Hydra job (any launcher) and what `scylla.harness.demo`
-and the tests call in-process. The stages follow the data flow of docs/design.md:
+and the tests call in-process. The stages follow the data flow of docs/design.md ("Data flow"):
 
 1. skip the job when its record already exists (the key is a hash of the job's identity);
 2. the tokenizer shared by target and draft (trained once and cached, or bytes, or pretrained);
@@ -164,6 +164,8 @@ def _model_info(model: Any, provenance: Optional[dict[str, Any]], checkpoint: Op
         "val_loss": prov.get("val_loss"), "tokens_seen": prov.get("tokens_seen"),
         "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_created": prov.get("created"),
         "corpus_manifest_hash": prov.get("corpus_manifest_hash"),
+        "train_precision": (prov.get("precision") or {}).get("precision"),
+        "train_bf16_speed_ratio": (prov.get("precision") or {}).get("ratio"),
     }
 
 

@@ -21,7 +21,7 @@ def _shape(d_model: int, n_layers: int, n_heads: int, ffn_dim: int | None = None
 
 
 TARGETS: dict[str, dict[str, Any]] = {
-    # Trains to ~2M tokens in about 10 minutes on 2 CPU threads (bf16 autocast); clearly stronger
+    # Trains to ~2M tokens in about 10 minutes on 2 CPU threads (where bf16 autocast measures faster); clearly stronger
     # than every draft at the drafts' budgets (docs/training.md has the measured losses).
     "demo": _shape(256, 6, 4),
     # For a GPU or a patient CPU: ~27M parameters, ~10x the demo target's compute per token.

@@ -1,6 +1,6 @@
 """Closed-form predictions of speculative decoding under an i.i.d. acceptance model.
 
-Conventions (docs/design.md): `alpha` is the per-token acceptance rate, `gamma` the number of drafted
+Conventions (docs/design.md, "Metrics"): `alpha` is the per-token acceptance rate, `gamma` the number of drafted
 tokens per step, `c` the draft-step / target-step time ratio, and `tau` counts tokens emitted per
 target forward *including* the bonus/correction token (1.0 for plain decoding).
 """
@@ -53,7 +53,7 @@ def batch_speedup(
     t_target_verify: ArrayLike,
     t_draft: ArrayLike,
 ) -> np.ndarray | float:
-    """Speedup at a batch size from measured step times (docs/design.md):
+    """Speedup at a batch size from measured step times (docs/design.md, "Speedup formulas", batch form):
 
     S(B) = tau * T_t(B, 1) / (T_t(B, gamma+1) + gamma * T_d(B, 1)),
     where T_t(B, 1) is a plain decoding step, T_t(B, gamma+1) a verification forward on gamma+1

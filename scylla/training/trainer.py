@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,10 +41,10 @@ from scylla.training.checkpoints import code_version, hash_key, is_complete, loa
 from scylla.data.corpora import Corpus, load_corpus
 from scylla.models.llama import ModelSpec, build_llama, count_parameters, default_device
 from scylla.data.tokenizer import Tokenizer
+from scylla.training.precision import PrecisionDecision, decide_precision
 
 ALGO_VERSION = 1  # bump when a change alters trained weights, so old cache entries are not reused
 MANIFEST_FILE = "corpus_manifest.json"  # in every checkpoint folder, next to provenance.json
-BF16_AUTO_MIN_PARAMS = 2_000_000  # on this CPU bf16 autocast pays off from ~2M parameters (bench_train)
 
 
 class TrainError(ValueError):
@@ -71,7 +72,7 @@ class TrainConfig:
     cooldown_fraction: float = 0.2
     cooldown_shape: str = "1-sqrt"  # or "linear" (Hägele et al. 2024 find 1-sqrt slightly better)
     seed: int = 0
-    bf16: str | bool = "auto"  # autocast; "auto" = on GPU with bf16, on CPU from BF16_AUTO_MIN_PARAMS
+    bf16: str | bool = "auto"  # autocast; "auto": bf16 on a GPU that has it, else by measurement (precision.py)
     log_every: int = 10
     eval_every: int = 0  # trunk steps between validation losses in the log (0: only at checkpoints)
     eval_tokens: int = 32_768  # validation tokens per evaluation, spread evenly over corpora
@@ -228,12 +229,12 @@ def branch_lr(step: int, branch: Branch, cfg: TrainConfig) -> float:
 # Training
 
 
-def resolve_bf16(cfg: TrainConfig, n_params: int, device: torch.device) -> bool:
-    if cfg.bf16 != "auto":
-        return bool(cfg.bf16)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return n_params >= BF16_AUTO_MIN_PARAMS
+def resolve_bf16(cfg: TrainConfig, model: torch.nn.Module, device: torch.device,
+                 vocab_size: int | None = None) -> PrecisionDecision:
+    """``cfg.bf16`` resolved for this model on this device: forced, by CUDA bf16 support, or measured
+    on this machine (cached), see `scylla.training.precision`."""
+    return decide_precision(cfg.bf16, model, device, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                            vocab_size=vocab_size)
 
 
 def _factory_id(model_factory: Callable | None) -> str:
@@ -502,15 +503,31 @@ def train_budgets(spec: ModelSpec, corpus_names: Sequence[str | Corpus] | str | 
     torch.manual_seed(cfg.seed)
     model = model_factory(spec) if model_factory is not None else build_llama(spec, seed=cfg.seed)
     params = count_parameters(model)
-    bf16 = resolve_bf16(cfg, params["total"], dev)
     corpus_key = [[c.name, c.split_fingerprint] for c in corpora]
-    run_identity = {
-        "algo": ALGO_VERSION, "spec": spec.to_dict(), "factory": _factory_id(model_factory),
-        "architecture": hash_key(_architecture(model)), "train": cfg.key_dict(), "bf16": bf16,
-        "corpora": corpus_key, "tokenizer": tokenizer.fingerprint,
-    }
-    run_key = hash_key(run_identity)
-    targets = {b: cache_dir / "checkpoints" / checkpoint_name(spec, b, hash_key([run_key, b, "ckpt"])) for b in wanted}
+    architecture = hash_key(_architecture(model))
+
+    def keyed(bf16: bool) -> tuple[dict[str, Any], str, dict[int, Path]]:
+        identity = {
+            "algo": ALGO_VERSION, "spec": spec.to_dict(), "factory": _factory_id(model_factory),
+            "architecture": architecture, "train": cfg.key_dict(), "bf16": bf16,
+            "corpora": corpus_key, "tokenizer": tokenizer.fingerprint,
+        }
+        key = hash_key(identity)
+        return identity, key, {b: cache_dir / "checkpoints" / checkpoint_name(spec, b, hash_key([key, b, "ckpt"]))
+                               for b in wanted}
+
+    if cfg.bf16 == "auto":
+        # "auto" does not care which precision trained a checkpoint: reuse finished ones of either
+        # without measuring (and without retraining when another machine type chose the other one).
+        for candidate in (False, True):
+            found = keyed(candidate)[2]
+            if all(is_complete(p) for p in found.values()):
+                return found
+    decision = resolve_bf16(cfg, model, dev, spec.vocab_size)
+    bf16 = decision.bf16
+    if progress:
+        print(decision.summary(), file=sys.stderr, flush=True)
+    run_identity, run_key, targets = keyed(bf16)
     if all(is_complete(p) for p in targets.values()):
         return targets
 
@@ -533,7 +550,7 @@ def train_budgets(spec: ModelSpec, corpus_names: Sequence[str | Corpus] | str | 
             "model_spec": spec.to_dict(), "model_factory": _factory_id(model_factory), "parameters": params,
             "train_config": {**dataclasses.asdict(cfg), "warmup_steps": cfg.resolved_warmup_steps(),
                              "tokens_per_step": cfg.tokens_per_step},
-            "bf16": bf16, "device": str(dev), "threads": torch.get_num_threads(),
+            "bf16": bf16, "precision": decision.to_dict(), "device": str(dev), "threads": torch.get_num_threads(),
             "corpora": [c.describe() for c in corpora], "corpus_manifest_hash": corpus_hash,
             "tokenizer": tokenizer.describe(), "tokenizer_fingerprint": tokenizer.fingerprint,
             "run_key": run_key, "code_version": code_version(),
