@@ -4,8 +4,8 @@ the largest budget alone (goal: <= 1.3).
 
 Run: ``.venv/bin/python benchmarks/bench_train.py`` (``make bench``). Options through environment:
 ``BENCH_THREADS`` (default 2), ``BENCH_STEPS`` (timed steps per size and precision, default 6),
-``BENCH_PRESETS`` (comma-separated preset names, default draft-xs, draft-m, demo),
-``BENCH_SWEEP_PRESET`` (default draft-s). ``auto`` is decided afresh for each size (a temporary
+``BENCH_PRESETS`` (comma-separated preset names, default draft-w32, draft-w128, demo),
+``BENCH_SWEEP_PRESET`` (default draft-w64). ``auto`` is decided afresh for each size (a temporary
 precision cache), exactly as `train_budgets` decides it, so its measurement is part of what is shown.
 Figures are measured in this run; on a shared machine they move with the load.
 """
@@ -27,7 +27,7 @@ from scylla.training.checkpoints import read_provenance
 from scylla.models.llama import ModelSpec, build_llama, count_parameters
 from scylla.harness.presets import spec_for
 from scylla.data.tokenizer import default_cache_dir, get_tokenizer
-from scylla.training.trainer import BatchSampler, TrainConfig, _loss, _make_optimizer, plan_branch, train_budgets
+from scylla.training.trainer import BatchSampler, TrainConfig, lm_loss, make_optimizer, plan_branch, train_budgets
 
 
 def throughput(spec: ModelSpec, sampler: BatchSampler, cfg: TrainConfig, steps: int,
@@ -39,7 +39,7 @@ def throughput(spec: ModelSpec, sampler: BatchSampler, cfg: TrainConfig, steps: 
     alike, after one warm-up step each. Interference only ever slows a step, so the fastest step is
     the best estimate of the cost on a shared machine; the median is printed beside it."""
     models = {name: build_llama(spec, seed=0).train() for name in sides}
-    opts = {name: _make_optimizer(m, cfg) for name, m in models.items()}
+    opts = {name: make_optimizer(m, cfg) for name, m in models.items()}
     times: dict[str, list[float]] = {name: [] for name in sides}
     for step in range(steps + 1):
         x, y, _ = sampler.batch(step)
@@ -47,7 +47,7 @@ def throughput(spec: ModelSpec, sampler: BatchSampler, cfg: TrainConfig, steps: 
             bf16 = sides[name]
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = _loss(model(input_ids=x, labels=y))
+                loss = lm_loss(model(input_ids=x, labels=y))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opts[name].step()
@@ -81,7 +81,7 @@ def main() -> None:
     stream = token_stream(load_corpus("kjv"), tok, "train", shared)
     sampler = BatchSampler(stream, cfg.seq_len, cfg.batch_size, seed=0)
     names = os.environ.get("BENCH_PRESETS")
-    presets = names.split(",") if names else ["draft-xs", "draft-m", "demo"]
+    presets = names.split(",") if names else ["draft-w32", "draft-w128", "demo"]
     print(f"# load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes slow every figure)")
     print(f"# training throughput (fastest step; fp32, bf16 and auto steps interleaved): seq_len {cfg.seq_len}, "
           f"batch {cfg.batch_size}, {threads} thread(s), {steps} timed steps, vocab {tok.vocab_size}, "
@@ -110,7 +110,7 @@ def main() -> None:
           "runs the same code as the side it chose, so a ratio below 1 is noise unless auto chose the slower side")
 
     # Token sweep: K log-spaced budgets in one run vs the largest budget alone, same model and config.
-    sweep_preset = os.environ.get("BENCH_SWEEP_PRESET", "draft-s")
+    sweep_preset = os.environ.get("BENCH_SWEEP_PRESET", "draft-w64")
     spec = spec_for(sweep_preset, tok.vocab_size)
     tps = cfg.tokens_per_step
     budgets = [tps * s for s in (12, 25, 50, 100)]  # doubling: 49k .. 410k tokens

@@ -19,11 +19,11 @@ BENCH_DRAFT_BUDGETS = (400_000, 800_000, 1_600_000)
 def bench_context(overrides: list[str] | None = None) -> Any:
     """A pipeline JobContext for the default config (+ overrides), tokenizer ready."""
     from scylla.config import compose, validate
-    from scylla.harness.pipeline import JobContext, _abs, build_tokenizer, resolve_device
+    from scylla.harness.pipeline import JobContext, resolve_path, build_tokenizer, resolve_device
     from scylla.harness.tracking import make_tracker
 
     cfg = validate(compose(list(overrides or [])))
-    ctx = JobContext(cfg=cfg, cache_dir=_abs(cfg.paths.cache_dir), device=resolve_device("auto"),
+    ctx = JobContext(cfg=cfg, cache_dir=resolve_path(cfg.paths.cache_dir), device=resolve_device("auto"),
                      threads=torch.get_num_threads(), tracker=make_tracker(cfg.logger, run_id="bench", config={}),
                      progress=True)
     ctx.tokenizer = build_tokenizer(ctx)

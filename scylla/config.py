@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -117,14 +117,14 @@ class TargetConfig:
     ``source: preset`` trains a Llama of the given shape for ``tokens`` tokens (cached);
     ``source: pretrained`` loads any causal LM from ``path`` (a local folder or hub id)."""
 
-    name: str = "target"
+    name: str = "demo"  # the defaults are configs/target/demo.yaml (a test keeps them equal)
     source: str = "preset"
     path: Optional[str] = None
     d_model: int = 256
     n_layers: int = 6
-    n_heads: int = 8
-    ffn_dim: Optional[int] = None
-    tokens: int = 20_000_000
+    n_heads: int = 4
+    ffn_dim: Optional[int] = 704
+    tokens: int = 3_200_000
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "target.name", "must be a non-empty string")
@@ -210,60 +210,39 @@ class DraftConfig:
         return sorted(set(self.token_budgets or []) | {self.tokens})
 
 
-@dataclass
-class TrainSchema:
-    """Pretraining settings shared by target and drafts; mirrors `scylla.training.trainer.TrainConfig` field for
-    field (threads excepted: that is a runtime knob, see ``runtime.threads``)."""
+def _train_schema() -> type:
+    """The ``train`` node's schema, generated from `scylla.training.settings.TrainConfig` (the one source
+    of its fields, defaults and range checks) minus ``threads``, a runtime knob (``runtime.threads``)."""
+    import dataclasses
+    import typing
 
-    seq_len: int = 256
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    warmup_tokens: Optional[int] = None
-    warmup_steps: int = 20
-    cooldown_fraction: float = 0.2
-    cooldown_shape: str = "1-sqrt"
-    seed: int = 0
-    bf16: Union[str, bool] = "auto"  # auto: bf16 on a GPU with bf16, else measured (scylla.training.precision)
-    log_every: int = 10
-    eval_every: int = 0
-    eval_tokens: int = 32_768
-    save_every_steps: int = 0
-    save_every_seconds: float = 120.0
+    from scylla.training.settings import TrainConfig, TrainError
 
-    def __post_init__(self) -> None:
-        _positive(self.seq_len, "train.seq_len")
-        _positive(self.batch_size, "train.batch_size")
-        _positive(self.eval_tokens, "train.eval_tokens")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(0 <= self.min_lr_ratio < 1, "train.min_lr_ratio", f"must lie in [0, 1), got {self.min_lr_ratio}")
-        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        for name in ("beta1", "beta2"):
-            _check(0 <= getattr(self, name) < 1, f"train.{name}", f"must lie in [0, 1), got {getattr(self, name)}")
-        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
-        _check(self.warmup_tokens is None or self.warmup_tokens >= 0, "train.warmup_tokens",
-               f"must be >= 0 or null (use warmup_steps), got {self.warmup_tokens}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(0 < self.cooldown_fraction <= 1, "train.cooldown_fraction",
-               f"must lie in (0, 1], got {self.cooldown_fraction}")
-        _check(self.cooldown_shape in ("linear", "1-sqrt"), "train.cooldown_shape",
-               f"use linear or 1-sqrt, got {self.cooldown_shape!r}")
-        _check(self.bf16 in ("auto", True, False), "train.bf16", f"use auto, true or false, got {self.bf16!r}")
-        _positive(self.log_every, "train.log_every")
-        _check(self.eval_every >= 0 and self.save_every_steps >= 0 and self.save_every_seconds >= 0,
-               "train.eval_every/save_every_*", "must be >= 0")
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [(f.name, hints[f.name], field(default=f.default)) for f in dataclasses.fields(TrainConfig)
+              if f.name != "threads"]
 
-    def to_train_config(self, threads: Optional[int] = None) -> Any:
-        """The `scylla.training.trainer.TrainConfig` these settings describe."""
-        import dataclasses
+    def __post_init__(self: Any) -> None:
+        try:
+            problems = TrainConfig(**dataclasses.asdict(self)).problems()
+        except TrainError as err:
+            raise ConfigError(f"train: {err}") from None
+        for name, message in problems:
+            raise ConfigError(f"train.{name}: {message}")
 
-        from scylla.training.trainer import TrainConfig
-
+    def to_train_config(self: Any, threads: Optional[int] = None) -> Any:
+        """The `TrainConfig` these settings describe."""
         return TrainConfig(**dataclasses.asdict(self), threads=threads)
+
+    schema = dataclasses.make_dataclass(
+        "TrainSchema", fields,
+        namespace={"__post_init__": __post_init__, "to_train_config": to_train_config,
+                   "__doc__": "Pretraining settings shared by target and drafts: `TrainConfig` without threads."})
+    schema.__module__ = __name__
+    return schema
+
+
+TrainSchema = _train_schema()
 
 
 @dataclass
@@ -576,14 +555,14 @@ def compose(overrides: list[str] | None = None, *, config_name: str = "config",
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []),
                                 return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_hydra_message(err)) from None
+        raise ConfigError(hydra_error_message(err)) from None
     finally:
         restore_gh_from_backup(backup)
     validate(cfg)
     return cfg
 
 
-def _hydra_message(err: Exception) -> str:
+def hydra_error_message(err: Exception) -> str:
     """Hydra's own message without the traceback (it already names the bad preset or key)."""
     msg = str(err).strip()
     cause = err.__cause__

@@ -83,16 +83,32 @@ def test_draft_family_spans_decades_with_depth_and_width_knobs() -> None:
     assert len({d for d, _ in shapes}) > 1 and len({n for _, n in shapes}) > 1, shapes
 
 
-def test_presets_mirror_the_python_presets() -> None:
-    presets = pytest.importorskip("scylla.harness.presets")
-    for group, table in (("target", getattr(presets, "TARGETS", {})), ("draft", getattr(presets, "DRAFTS", {}))):
-        for name, spec in table.items():
-            path = CONFIGS / group / f"{name}.yaml"
-            assert path.is_file(), f"scylla.harness.presets.{group.upper()}S[{name!r}] has no configs/{group}/{name}.yaml"
-            node = OmegaConf.load(path)
-            for key in ("d_model", "n_layers", "n_heads", "ffn_dim"):
-                if key in spec:
-                    assert node.get(key) == spec[key], (group, name, key)
+def test_presets_are_read_from_the_config_files() -> None:
+    from scylla.harness.presets import shapes, spec_for
+
+    drafts = shapes("draft")
+    assert "draft-w128-l4" in drafts and "ngram" not in drafts and "tiny-mtp" not in drafts  # trained Llamas only
+    for name in ("draft-w64", "draft-w128-l4"):
+        node = OmegaConf.load(CONFIGS / "draft" / f"{name}.yaml")
+        spec = spec_for(name, 4096)
+        assert (spec.d_model, spec.n_layers, spec.n_heads, spec.ffn) == (node.d_model, node.n_layers, node.n_heads,
+                                                                          node.ffn_dim)
+    assert spec_for("demo", 4096).d_model == OmegaConf.load(CONFIGS / "target" / "demo.yaml").d_model
+    with pytest.raises(KeyError, match="configs/target and configs/draft"):
+        spec_for("draft-xs", 4096)
+
+
+def test_schema_defaults_agree_with_the_default_yaml() -> None:
+    """The dataclass defaults are what a config file that omits a key gets: they must equal the
+    defaults the YAML tree declares (one source of truth)."""
+    from scylla.config import DecodeConfig, TargetConfig, TrainSchema
+
+    for schema, path in ((TrainSchema, "train/default.yaml"), (DecodeConfig, "decode/default.yaml"),
+                         (TargetConfig, "target/demo.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(CONFIGS / path))
+        default = schema()
+        for key, value in node.items():
+            assert getattr(default, key) == value, (path, key, getattr(default, key), value)
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -143,12 +143,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"scylla-demo: error: {err}", file=sys.stderr)
         return 2
-    from scylla.harness.pipeline import _abs
+    from scylla.harness.pipeline import resolve_path
 
-    results_dir = _abs(job.paths.results_dir)
+    results_dir = resolve_path(job.paths.results_dir)
     axes = job.axes
     print(f"Scylla demo: target {job.target.name} ({job.target.d_model}x{job.target.n_layers}, "
-          f"{job.target.tokens:,} tokens; trained once, then cached in {_abs(job.paths.cache_dir)})")
+          f"{job.target.tokens:,} tokens; trained once, then cached in {resolve_path(job.paths.cache_dir)})")
     print(f"  grid: drafts {list(axes.drafts)} x token budgets {list(axes.tokens)} = {len(expected)} jobs, "
           f"batch sizes {list(axes.batch_sizes)} and tasks {list(job.eval.tasks)} inside each job; "
           f"gamma {job.decode.gamma}", flush=True)
@@ -187,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"  python -c \"import scylla.harness.results as r; print(r.load('{results_dir}'))\"")
 
     if not args.no_fit:
-        out = _abs("outputs/fit") if args.experiment == "demo" else _abs(f"outputs/fit-{args.experiment}")
+        out = resolve_path("outputs/fit") if args.experiment == "demo" else resolve_path(f"outputs/fit-{args.experiment}")
         print(f"\nFitting the laws and recommending a draft (scylla-fit -> {out})", flush=True)
         # Only this grid's records: the store may hold other experiments.
         grid_glob = str(results_dir / "*.json") if len(paths) == len(list(results_dir.glob("*.json"))) else None

@@ -331,7 +331,7 @@ class JobOutcome:
     record: Optional[dict[str, Any]] = None
 
 
-def _abs(path: str) -> Path:
+def resolve_path(path: str) -> Path:
     """Relative to where scylla-run was started (Hydra's original cwd), whatever the launcher."""
     p = Path(path).expanduser()
     if p.is_absolute():
@@ -354,7 +354,7 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
     threads = resolve_threads(job.runtime.threads, launcher, sweep_jobs)
     torch.set_num_threads(threads)
     run_id = config_hash(job, device)
-    store = ResultStore(_abs(job.paths.results_dir))
+    store = ResultStore(resolve_path(job.paths.results_dir))
     if job.runtime.skip_existing and store.has(run_id):
         log.debug("job %s: record exists at %s, skipped", run_id, store.path(run_id))
         return JobOutcome(run_id, "skipped", store.path(run_id), time.perf_counter() - t_start)
@@ -367,11 +367,11 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
         tracker = tracker or make_tracker(
             job.logger, run_id=run_id, config=plain, group=job.logger.group or job.experiment,
             name=f"{d.name}-{d.tokens:g}tok-g{job.decode.gamma}",
-            wandb_dir=str(_abs(job.logger.dir)) if job.logger.dir else None,
+            wandb_dir=str(resolve_path(job.logger.dir)) if job.logger.dir else None,
         )
         exit_code = 1
         try:
-            ctx = JobContext(cfg=job, cache_dir=_abs(job.paths.cache_dir), device=device, threads=threads,
+            ctx = JobContext(cfg=job, cache_dir=resolve_path(job.paths.cache_dir), device=device, threads=threads,
                              tracker=tracker, progress=job.runtime.progress)
             created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with _timed(ctx, "tokenizer"):

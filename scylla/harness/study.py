@@ -203,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
 
     from scylla.harness.demo import grid_run_ids
-    from scylla.harness.pipeline import _abs
+    from scylla.harness.pipeline import resolve_path
 
     try:
         cfg = compose([f"experiment={args.experiment}", *args.overrides])
@@ -212,8 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as err:
         print(f"scylla-study: error: {err}", file=sys.stderr)
         return 2
-    results_dir = _abs(job.paths.results_dir)
-    out = Path(args.out) if args.out else _abs(f"experiments/{args.name}")
+    results_dir = resolve_path(job.paths.results_dir)
+    out = Path(args.out) if args.out else resolve_path(f"experiments/{args.name}")
     done = [rid for rid in expected if (results_dir / f"{rid}.json").is_file()]
     axes = job.axes
     _log(f"{len(expected)} jobs (drafts {list(axes.drafts)} x budgets {list(axes.tokens)}), batch sizes "

@@ -60,7 +60,7 @@ def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from scylla.config import ConfigError, _hydra_message, validate
+    from scylla.config import ConfigError, hydra_error_message, validate
 
     loader = GlobalHydra.instance().config_loader()
     for overrides in jobs:
@@ -68,7 +68,7 @@ def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
             cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
             validate(cfg)
         except (ConfigError, HydraException, OmegaConfBaseException) as err:
-            msg = str(err) if isinstance(err, ConfigError) else _hydra_message(err)
+            msg = str(err) if isinstance(err, ConfigError) else hydra_error_message(err)
             raise ConfigError(f"sweep job [{' '.join(overrides)}] is invalid; nothing was launched.\n{msg}") from None
 
 
@@ -161,10 +161,10 @@ class SweepSummary(Callback):
             print(f"[scylla] sweep of {n} jobs -> {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from scylla.harness.pipeline import _abs
+        from scylla.harness.pipeline import resolve_path
 
         total = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
-        results_dir = _abs(str(OmegaConf.select(config, "paths.results_dir")))
+        results_dir = resolve_path(str(OmegaConf.select(config, "paths.results_dir")))
         try:
             print(format_summary(summarize(config.hydra.sweep.dir, total), results_dir), flush=True)
         except Exception as err:  # noqa: BLE001

@@ -47,73 +47,7 @@ ALGO_VERSION = 1  # bump when a change alters trained weights, so old cache entr
 MANIFEST_FILE = "corpus_manifest.json"  # in every checkpoint folder, next to provenance.json
 
 
-class TrainError(ValueError):
-    """A training request that cannot run as given (the message says how to fix it)."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by targets and drafts.
-
-    Warmup is absolute (``warmup_tokens`` or ``warmup_steps``), not a fraction of the budget: it lies in
-    the shared trunk, so it cannot depend on which budget a branch ends at.
-    """
-
-    seq_len: int = 256
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    warmup_tokens: int | None = None  # overrides warmup_steps when set (rounded up to whole steps)
-    warmup_steps: int = 20
-    cooldown_fraction: float = 0.2
-    cooldown_shape: str = "1-sqrt"  # or "linear" (Hägele et al. 2024 find 1-sqrt slightly better)
-    seed: int = 0
-    bf16: str | bool = "auto"  # autocast; "auto": bf16 on a GPU that has it, else by measurement (precision.py)
-    log_every: int = 10
-    eval_every: int = 0  # trunk steps between validation losses in the log (0: only at checkpoints)
-    eval_tokens: int = 32_768  # validation tokens per evaluation, spread evenly over corpora
-    save_every_steps: int = 0  # resume state every N steps (0: time-based only)
-    save_every_seconds: float = 120.0
-    threads: int | None = None  # torch.set_num_threads for this run (None: leave as is)
-
-    # Fields that do not change the weights or the recorded validation loss stay out of cache keys.
-    _NON_KEY = ("log_every", "eval_every", "save_every_steps", "save_every_seconds", "threads")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    def resolved_warmup_steps(self) -> int:
-        if self.warmup_tokens is not None:
-            return math.ceil(self.warmup_tokens / self.tokens_per_step)
-        return self.warmup_steps
-
-    def validate(self) -> None:
-        for name in ("seq_len", "batch_size", "eval_tokens"):
-            if getattr(self, name) < 1:
-                raise TrainError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise TrainError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0 < self.cooldown_fraction <= 1:
-            raise TrainError(f"TrainConfig.cooldown_fraction must lie in (0, 1], got {self.cooldown_fraction}")
-        if self.cooldown_shape not in ("linear", "1-sqrt"):
-            raise TrainError(f"TrainConfig.cooldown_shape must be 'linear' or '1-sqrt', got {self.cooldown_shape!r}")
-        if not 0 <= self.min_lr_ratio < 1:
-            raise TrainError(f"TrainConfig.min_lr_ratio must lie in [0, 1), got {self.min_lr_ratio}")
-        if self.bf16 not in ("auto", True, False):
-            raise TrainError(f"TrainConfig.bf16 must be 'auto', True or False, got {self.bf16!r}")
-        if self.resolved_warmup_steps() < 0:
-            raise TrainError("warmup must be >= 0")
-
-    def key_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self._NON_KEY}
-        d["warmup_steps"] = self.resolved_warmup_steps()
-        d.pop("warmup_tokens")
-        return d
+from scylla.training.settings import TrainConfig, TrainError  # noqa: E402  (re-exported: the public home)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,7 +190,7 @@ def _architecture(model: torch.nn.Module) -> list[list[Any]]:
     return [[name, list(p.shape), str(p.dtype)] for name, p in model.state_dict().items()]
 
 
-def _loss(out: Any) -> torch.Tensor:
+def lm_loss(out: Any) -> torch.Tensor:
     loss = out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
     if loss is None:
         raise TrainError("the model returned no .loss; model(input_ids=..., labels=...) must return an object "
@@ -268,7 +202,7 @@ def _next_token_loss(out: Any) -> torch.Tensor:
     """Head-1 loss of a multi-token model (its ``.loss`` sums every head), else ``.loss``: validation
     losses of MTP models and plain drafts stay comparable."""
     loss = out.get("next_token_loss") if isinstance(out, dict) else getattr(out, "next_token_loss", None)
-    return loss if loss is not None else _loss(out)
+    return loss if loss is not None else lm_loss(out)
 
 
 @torch.no_grad()
@@ -338,7 +272,7 @@ class _Run:
             group["lr"] = lr
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = _loss(self.model(input_ids=x, labels=y))
+            loss = lm_loss(self.model(input_ids=x, labels=y))
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss at step {step} ({phase}); lower lr (now {lr:.3g})")
         loss.backward()
@@ -544,7 +478,7 @@ def train_budgets(spec: ModelSpec, corpus_names: Sequence[str | Corpus] | str | 
         val = _validation_chunks({c.name: token_stream(c, tokenizer, "validation", cache_dir) for c in corpora}, cfg)
         model.to(dev)
         model.train()
-        optimizer = _make_optimizer(model, cfg)
+        optimizer = make_optimizer(model, cfg)
         corpus_hash = hash_key(corpus_key)
         base_prov = {
             "model_spec": spec.to_dict(), "model_factory": _factory_id(model_factory), "parameters": params,
@@ -595,7 +529,7 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, weight decay on matrices only (norm gains stay undecayed), as in nanoGPT."""
     seen: set[int] = set()
     decay, no_decay = [], []
@@ -621,11 +555,5 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot:
     optimizer.load_state_dict(snapshot[1])
 
 
-def checkpoint_for(spec: ModelSpec, corpus_names: Sequence[str | Corpus] | str, tokenizer: Tokenizer, budget: int,
-                   cfg: TrainConfig, cache_dir: str | Path, **kwargs: Any) -> Path:
-    """One budget's checkpoint (trained if missing): convenience over `train_budgets`."""
-    return train_budgets(spec, corpus_names, tokenizer, [budget], cfg, cache_dir, **kwargs)[int(budget)]
-
-
-__all__ = ["TrainConfig", "TrainError", "train_budgets", "checkpoint_for", "plan_branch", "trunk_lr", "branch_lr",
+__all__ = ["TrainConfig", "TrainError", "train_budgets", "plan_branch", "trunk_lr", "branch_lr", "lm_loss", "make_optimizer",
            "token_stream", "BatchSampler", "validation_loss", "read_provenance"]
