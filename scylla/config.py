@@ -463,6 +463,14 @@ class ScyllaConfig:
         if self.tokenizer.kind.startswith("pretrained:"):
             _check(self.target.source == "pretrained", "tokenizer.kind",
                    "a pretrained tokenizer only fits a pretrained target (target.source=pretrained)")
+        # A batch larger than the prompts would decode fewer rows than its label says and feed the batch law.
+        big = [b for b in self.decode.batch_sizes if b > self.eval.n_prompts]
+        _check(not big, "decode.batch_sizes",
+               f"batch size(s) {big} exceed eval.n_prompts={self.eval.n_prompts} (prompts per task), so those "
+               f"batches could not be filled; raise eval.n_prompts to >= {max(big) if big else 0} or drop them")
+        from scylla.preflight import check_positions
+
+        check_positions(self)
 
 
 def _known_tasks() -> Optional[set[str]]:

@@ -374,6 +374,9 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
             created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with _timed(ctx, "tokenizer"):
                 ctx.tokenizer = build_tokenizer(ctx)
+            from scylla.preflight import check_job
+
+            check_job(job, ctx.tokenizer)  # before any training: a mismatch found after it costs hours
             family = draft_family(job.draft.family)
             if family.needs_target:
                 with _timed(ctx, "target"):
