@@ -492,6 +492,9 @@ _register()
 
 def _csv(values: Any) -> str:
     """``${csv:${axes.tokens}}`` -> "1,2,3": a list as a Hydra sweep value."""
+    if len(values) == 0:  # else Hydra's "'' could not be converted to Integer" names no axis
+        raise ConfigError("a sweep axis (axes.drafts/tokens/gammas/batch_sizes) is an empty list; "
+                          "list at least one value, e.g. axes.gammas=[2,4]")
     return ",".join(str(v) for v in values)
 
 

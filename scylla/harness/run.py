@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,11 @@ def main() -> None:
         path = config_dir()
     except ConfigError as err:
         _fail(str(err))
+        return
+    empty = [a.split("=", 1)[0].lstrip("+~") for a in sys.argv[1:]
+             if re.fullmatch(r"[+~]*axes\.\w+=\[\s*\]", a)]
+    if empty:  # a sweep over an empty axis: Hydra would fail on '' with a traceback naming no key
+        _fail(f"{empty[0]}: list at least one value, e.g. {empty[0]}=[2,4]")
         return
     bad = secret_overrides(sys.argv[1:])
     if bad:  # refused before Hydra copies the overrides into .hydra/, multirun.yaml and its logs
