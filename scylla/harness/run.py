@@ -66,9 +66,12 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
         return None
     out_dir = Path(hc.runtime.output_dir)
     info = {"run_id": outcome.run_id, "status": outcome.status, "record": str(outcome.record_path),
-            "seconds": round(outcome.seconds, 2), "overrides": overrides}
+            "seconds": round(outcome.seconds, 2), "overrides": overrides,
+            "sweep_id": os.environ.get(SWEEP_START_ENV) if multirun else None}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JOB_FILE).write_text(json.dumps(info, indent=1))
+    tmp = out_dir / f".{JOB_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out_dir / JOB_FILE)  # the sweep summary never reads half a job file
     prefix = f"[scylla] job {hc.job.num}" if multirun else "[scylla] job"
     line = f"{prefix} {outcome.status}: {outcome.run_id} ({outcome.seconds:.1f}s) -> {outcome.record_path}"
     print(line, flush=True)
@@ -77,7 +80,9 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
     if multirun:  # the sweep's progress, whichever process or node this job ran in
         from tqdm import tqdm
 
-        finished = len(list(Path(hc.sweep.dir).glob(f"*/{JOB_FILE}")))
+        from scylla.harness.sweep_summary import sweep_job_files
+
+        finished = len(sweep_job_files(hc.sweep.dir, info["sweep_id"]))
         start = float(os.environ.get(SWEEP_START_ENV, "0")) or None
         elapsed = time.time() - start if start else 0.0
         print("[scylla] " + tqdm.format_meter(finished, sweep_jobs, elapsed, prefix="sweep", unit="job",
