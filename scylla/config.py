@@ -40,6 +40,7 @@ __all__ = [
     "to_plain_dict",
     "scrub_secrets",
     "secret_overrides",
+    "scrub_text_file",
     "is_secret_key",
     "identity",
     "config_hash",
@@ -657,6 +658,24 @@ def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
                 obj = obj.replace(secret, REDACTED)
         return _URL_PASSWORD.sub(rf"\1{REDACTED}@", obj)
     return obj
+
+
+def scrub_text_file(path: str | os.PathLike) -> bool:
+    """Scrub a text file in place (same inode: a log handler appending to it keeps working); True if
+    it changed. Used on the dumps Hydra writes before any job code runs."""
+    path = Path(path)
+    try:
+        with open(path, "r+", encoding="utf-8") as fh:
+            text = fh.read()
+            clean = scrub_secrets(text)
+            if clean == text:
+                return False
+            fh.seek(0)
+            fh.write(clean)
+            fh.truncate()
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def secret_overrides(overrides: list[str]) -> list[str]:

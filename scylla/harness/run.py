@@ -26,6 +26,14 @@ from scylla.harness.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_E
 
 def _fail(message: str, code: int = 2) -> None:
     """Print a user error (secrets scrubbed: it may quote a value) and exit without a traceback."""
+    try:  # a failed job's Hydra dumps hold the same overrides
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        _scrub_hydra_dumps(Path(hc.runtime.output_dir), Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
+    except Exception:  # noqa: BLE001 - outside a Hydra job there is nothing dumped
+        pass
     print(f"scylla-run: error: {scrub_secrets(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -65,6 +73,7 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
         _fail(f"{err}\n(job overrides: {' '.join(overrides) or 'none'})")
         return None
     out_dir = Path(hc.runtime.output_dir)
+    _scrub_hydra_dumps(out_dir, Path(hc.sweep.dir) if multirun else None)
     info = {"run_id": outcome.run_id, "status": outcome.status, "record": str(outcome.record_path),
             "seconds": round(outcome.seconds, 2), "overrides": overrides,
             "sweep_id": os.environ.get(SWEEP_START_ENV) if multirun else None}
@@ -88,6 +97,18 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
         print("[scylla] " + tqdm.format_meter(finished, sweep_jobs, elapsed, prefix="sweep", unit="job",
                                               ncols=100), flush=True)
     return info
+
+
+def _scrub_hydra_dumps(out_dir: Path, sweep_dir: Optional[Path]) -> None:
+    """Rewrite what Hydra dumped verbatim (.hydra/*.yaml, multirun.yaml, its job log) with secrets
+    scrubbed (URL passwords, env secret values): Hydra writes them before any job code runs."""
+    from scylla.config import scrub_text_file
+
+    paths = list((out_dir / ".hydra").glob("*.yaml")) + list(out_dir.glob("*.log"))
+    if sweep_dir is not None:
+        paths.append(sweep_dir / "multirun.yaml")
+    for path in paths:
+        scrub_text_file(path)
 
 
 def _job_table(record: dict[str, Any]) -> str:

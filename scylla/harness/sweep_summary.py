@@ -32,6 +32,9 @@ JOB_FILE = "scylla_job.json"
 SWEEP_JOBS_ENV = "SCYLLA_SWEEP_JOBS"
 SWEEP_START_ENV = "SCYLLA_SWEEP_START"
 MAX_LINES = 40
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher", "hydra.core.utils")
 
 
 def sweep_jobs(config: DictConfig) -> Optional[list[list[str]]]:
@@ -152,10 +155,29 @@ def format_summary(summary: dict[str, Any], results_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+class ScrubFilter(logging.Filter):
+    """Scrubs secrets (URL passwords, env secret values) from every record a handler emits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from scylla.config import scrub_secrets
+
+        message = record.getMessage()
+        clean = scrub_secrets(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
 class SweepSummary(Callback):
     """Registered in configs/config.yaml under ``hydra.callbacks``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The launchers log every job's overrides verbatim; they reconfigure the handlers, so the filter
+        # sits on their loggers.
+        for name in LAUNCHER_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, ScrubFilter) for f in logger.filters):
+                logger.addFilter(ScrubFilter())
         try:
             jobs = sweep_jobs(config)
         except Exception as err:  # noqa: BLE001 - the sweeper itself reports unparsable overrides
