@@ -46,14 +46,14 @@ sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multir
 	$(VENV)/bin/scylla-run -m sweep=grid experiment=demo
 
 fit: $(STAMP) ## Fit the laws on a results folder: make fit RESULTS=outputs/results
-	$(VENV)/bin/scylla-fit $(or $(RESULTS),outputs/results) --out $(or $(OUT),outputs/fit)
+	$(VENV)/bin/scylla-fit "$(or $(RESULTS),outputs/results)" --out "$(or $(OUT),outputs/fit)"
 
 study: $(STAMP) ## The reference study into experiments/reference (about 1-1.5 h here, resumable)
 	$(PY) -m scylla.harness.study --launcher joblib
 
 notebook: $(STAMP) ## Execute notebooks/analysis.ipynb headless on RESULTS (default outputs/results)
 	mkdir -p outputs/notebook
-	SCYLLA_RESULTS_PATH=$(or $(RESULTS),outputs/results) SCYLLA_NOTEBOOK_OUT=outputs/notebook \
+	SCYLLA_RESULTS_PATH="$(or $(RESULTS),outputs/results)" SCYLLA_NOTEBOOK_OUT=outputs/notebook \
 		$(VENV)/bin/jupyter execute notebooks/analysis.ipynb --output ../outputs/notebook/analysis-executed
 	@echo "executed notebook: outputs/notebook/analysis-executed.ipynb"
 

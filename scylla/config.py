@@ -40,6 +40,7 @@ __all__ = [
     "to_plain_dict",
     "scrub_secrets",
     "secret_overrides",
+    "scrub_text_file",
     "is_secret_key",
     "identity",
     "config_hash",
@@ -442,6 +443,14 @@ class ScyllaConfig:
         if self.tokenizer.kind.startswith("pretrained:"):
             _check(self.target.source == "pretrained", "tokenizer.kind",
                    "a pretrained tokenizer only fits a pretrained target (target.source=pretrained)")
+        # A batch larger than the prompts would decode fewer rows than its label says and feed the batch law.
+        big = [b for b in self.decode.batch_sizes if b > self.eval.n_prompts]
+        _check(not big, "decode.batch_sizes",
+               f"batch size(s) {big} exceed eval.n_prompts={self.eval.n_prompts} (prompts per task), so those "
+               f"batches could not be filled; raise eval.n_prompts to >= {max(big) if big else 0} or drop them")
+        from scylla.preflight import check_positions
+
+        check_positions(self)
 
 
 def _known_tasks() -> Optional[set[str]]:
@@ -463,6 +472,9 @@ _register()
 
 def _csv(values: Any) -> str:
     """``${csv:${axes.tokens}}`` -> "1,2,3": a list as a Hydra sweep value."""
+    if len(values) == 0:  # else Hydra's "'' could not be converted to Integer" names no axis
+        raise ConfigError("a sweep axis (axes.drafts/tokens/gammas/batch_sizes) is an empty list; "
+                          "list at least one value, e.g. axes.gammas=[2,4]")
     return ",".join(str(v) for v in values)
 
 
@@ -625,6 +637,24 @@ def scrub_secrets(obj: Any, _values: Optional[list[str]] = None) -> Any:
                 obj = obj.replace(secret, REDACTED)
         return _URL_PASSWORD.sub(rf"\1{REDACTED}@", obj)
     return obj
+
+
+def scrub_text_file(path: str | os.PathLike) -> bool:
+    """Scrub a text file in place (same inode: a log handler appending to it keeps working); True if
+    it changed. Used on the dumps Hydra writes before any job code runs."""
+    path = Path(path)
+    try:
+        with open(path, "r+", encoding="utf-8") as fh:
+            text = fh.read()
+            clean = scrub_secrets(text)
+            if clean == text:
+                return False
+            fh.seek(0)
+            fh.write(clean)
+            fh.truncate()
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def secret_overrides(overrides: list[str]) -> list[str]:

@@ -271,6 +271,11 @@ def test_load_checkpoint_round_trip_and_refusals(tmp_path):
     record = json.loads((path / "provenance.json").read_text())
     record["model_class"] = "os.system"
     (path / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="provenance.json does not match the sha256"):
+        load_checkpoint(path)  # an edited file is caught by its checksum first
+    from scylla.integrity import write_folder_checksums
+
+    write_folder_checksums(path)  # even with matching checksums, the class is refused
     with pytest.raises(CheckpointError, match="refusing"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not a complete"):

@@ -26,6 +26,7 @@ from .checks import FitWarning
 from .core import compare_forms
 from .core import FitError, FitResult, fit_law, single_thread_blas
 from .cost import fit_cost_model
+from .inputs import check_arguments, drop_non_finite
 from .mtp import mtp_rows, mtp_summary, mtp_table
 from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
 
@@ -122,6 +123,10 @@ def fit_results(
     need = {"drafted", "accepted", "steps", "draft_params", "draft_tokens"}
     if missing := need - set(table.columns):
         raise FitError(f"the results table lacks column(s) {sorted(missing)}")
+    if table.empty:
+        raise FitError("the results hold no measurement rows (records with empty measurements?); "
+                       "re-run their jobs, or point at records that finished")
+    table, dropped = drop_non_finite(table)
     keys = [c for c in ("task", "temperature") if c in table.columns]
     groups = list(table.groupby(keys, dropna=False)) if keys else [((), table)]
     summaries = {}
@@ -131,15 +136,16 @@ def fit_results(
         gdir = out / name if len(groups) > 1 else out
         summaries[name] = _fit_group(g, gdir, n_bootstrap=n_bootstrap, seed=seed, level=level,
                                      batch_sizes=batch_sizes, token_budgets=token_budgets, max_gamma=max_gamma,
-                                     compute_budget=compute_budget, full_grid=full_grid, plots=plots)
+                                     compute_budget=compute_budget, full_grid=full_grid, plots=plots,
+                                     input_notes=[dropped] if dropped else [])
     return summaries
 
 
 def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, level: float,
                batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
-               compute_budget: float | None, full_grid: bool, plots: bool) -> dict:
+               compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
+    notes: list[str] = list(input_notes)
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
     llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
     mtp = mtp_rows(frame)
@@ -439,10 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n_bootstrap and args.n_bootstrap < 2:
-        print("error: --n-bootstrap must be 0 or >= 2 (use >= 1000 for reported intervals)", file=sys.stderr)
-        return 2
     try:
+        check_arguments(level=args.level, max_gamma=args.max_gamma, compute_budget=args.compute_budget,
+                        n_bootstrap=args.n_bootstrap, batch_sizes=args.batch_sizes, token_budgets=args.token_budgets)
+        _check_out(args.results, args.out)
         table = load_table(args.results, args.wandb_project)
         if args.task:
             table = table[table["task"].isin(args.task)]
@@ -464,8 +470,23 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{r['low']:.2f}, {r['high']:.2f}]" for r in rec["per_batch"])
             head += f"; recommended {rec['name']} (P(best)={rec['p_best']:.2f}); {gam}"
         print(head)
+    if not any(s["fits"] or s["recommendation"] for s in summaries.values()):
+        reasons = "; ".join(n for s in summaries.values() for n in s["notes"][:1]) or "no fittable rows"
+        print(f"error: nothing was fitted ({reasons}); see {Path(args.out).resolve() / 'report.md'}", file=sys.stderr)
+        return 1
     print(f"wrote {Path(args.out).resolve()}")
     return 0
+
+
+def _check_out(results: str | None, out: str) -> None:
+    """--out inside the results folder would mix the fit's JSON files with the records it reads next time."""
+    if not results or results.startswith("wandb:"):
+        return
+    src, dst = Path(results).expanduser().resolve(), Path(out).expanduser().resolve()
+    if src.is_dir() and (dst == src or src in dst.parents):
+        raise InputError(f"--out {out} is inside the results folder {results}; its fits.json and "
+                         "recommendation.json would be read as records by the next fit. Pick a folder outside it "
+                         "(e.g. --out outputs/fit)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -355,13 +355,21 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
     torch.set_num_threads(threads)
     run_id = config_hash(job, device)
     store = ResultStore(resolve_path(job.paths.results_dir))
-    if job.runtime.skip_existing and store.has(run_id):
+    if job.runtime.skip_existing and store.readable(run_id)[0]:
         log.debug("job %s: record exists at %s, skipped", run_id, store.path(run_id))
         return JobOutcome(run_id, "skipped", store.path(run_id), time.perf_counter() - t_start)
 
     with store.lock(run_id):  # the same job running elsewhere: wait for it, then skip
-        if job.runtime.skip_existing and store.has(run_id):
+        ok, why = store.readable(run_id)
+        if job.runtime.skip_existing and ok:
             return JobOutcome(run_id, "skipped", store.path(run_id), time.perf_counter() - t_start)
+        # skip_existing=false replaces the old record; an unreadable one is re-measured and replaced
+        replace = store.has(run_id)
+        if replace and not ok:
+            log.warning("job %s: the record at %s is unreadable (%s); re-measuring and replacing it",
+                        run_id, store.path(run_id), why)
+        elif replace:
+            log.info("job %s: runtime.skip_existing=false, re-measuring and replacing %s", run_id, store.path(run_id))
         plain = to_plain_dict(job)
         d = job.draft
         tracker = tracker or make_tracker(
@@ -376,6 +384,9 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
             created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with _timed(ctx, "tokenizer"):
                 ctx.tokenizer = build_tokenizer(ctx)
+            from scylla.preflight import check_job
+
+            check_job(job, ctx.tokenizer)  # before any training: a mismatch found after it costs hours
             family = draft_family(job.draft.family)
             if family.needs_target:
                 with _timed(ctx, "target"):
@@ -413,10 +424,10 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
                 },
             }
             record = scrub_secrets(record)
-            path = store.write(record)  # the source of truth first; wandb is only the view
+            path = store.write(record, replace=replace)  # the source of truth first; wandb is only the view
             tracker.log_record(record)
             exit_code = 0
         finally:
             tracker.finish(exit_code)
     log.debug("job %s done in %.1fs: %s", run_id, time.perf_counter() - t_start, path)
-    return JobOutcome(run_id, "done", path, time.perf_counter() - t_start, record)
+    return JobOutcome(run_id, "replaced" if replace else "done", path, time.perf_counter() - t_start, record)

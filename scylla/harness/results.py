@@ -83,8 +83,10 @@ class ResultStore:
         folder.mkdir(parents=True, exist_ok=True)
         return FileLock(str(folder / f"{run_id}.lock"))
 
-    def write(self, record: dict[str, Any]) -> Path:
-        """Publish ``record`` atomically under its ``run_id``; an existing record is kept as is."""
+    def write(self, record: dict[str, Any], *, replace: bool = False) -> Path:
+        """Publish ``record`` atomically under its ``run_id``. An existing record is kept as is, unless
+        ``replace`` (a deliberate re-run, or repairing an unreadable record): then it is swapped for the
+        new one by an atomic rename, so readers see the old or the new record, never a mix."""
         run_id = record.get("run_id")
         if not run_id:
             raise ResultsError("record has no run_id; build records with scylla.harness.pipeline")
@@ -97,6 +99,9 @@ class ResultStore:
                 fh.write(blob)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, final)
+                return final
             try:
                 os.link(tmp, final)  # atomic and exclusive: never replaces a finished record
             except FileExistsError:
@@ -107,6 +112,17 @@ class ResultStore:
         finally:
             tmp.unlink(missing_ok=True)
         return final
+
+    def readable(self, run_id: str) -> tuple[bool, str]:
+        """(whether the record exists and reads as a record, why not): a truncated or hand-edited file
+        must be re-measured, not counted as done."""
+        if not self.has(run_id):
+            return False, "no record"
+        try:
+            self.read(run_id)
+        except (OSError, UnicodeDecodeError, ResultsError) as err:
+            return False, str(err)
+        return True, ""
 
     def run_ids(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob(f"*{RECORD_SUFFIX}"))

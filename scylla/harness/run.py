@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,14 @@ from scylla.harness.sweep_summary import JOB_FILE, SWEEP_JOBS_ENV, SWEEP_START_E
 
 def _fail(message: str, code: int = 2) -> None:
     """Print a user error (secrets scrubbed: it may quote a value) and exit without a traceback."""
+    try:  # a failed job's Hydra dumps hold the same overrides
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        _scrub_hydra_dumps(Path(hc.runtime.output_dir), Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
+    except Exception:  # noqa: BLE001 - outside a Hydra job there is nothing dumped
+        pass
     print(f"scylla-run: error: {scrub_secrets(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -64,10 +73,14 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
         _fail(f"{err}\n(job overrides: {' '.join(overrides) or 'none'})")
         return None
     out_dir = Path(hc.runtime.output_dir)
+    _scrub_hydra_dumps(out_dir, Path(hc.sweep.dir) if multirun else None)
     info = {"run_id": outcome.run_id, "status": outcome.status, "record": str(outcome.record_path),
-            "seconds": round(outcome.seconds, 2), "overrides": overrides}
+            "seconds": round(outcome.seconds, 2), "overrides": overrides,
+            "sweep_id": os.environ.get(SWEEP_START_ENV) if multirun else None}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / JOB_FILE).write_text(json.dumps(info, indent=1))
+    tmp = out_dir / f".{JOB_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out_dir / JOB_FILE)  # the sweep summary never reads half a job file
     prefix = f"[scylla] job {hc.job.num}" if multirun else "[scylla] job"
     line = f"{prefix} {outcome.status}: {outcome.run_id} ({outcome.seconds:.1f}s) -> {outcome.record_path}"
     print(line, flush=True)
@@ -76,12 +89,26 @@ def _task(cfg: DictConfig) -> Optional[dict[str, Any]]:
     if multirun:  # the sweep's progress, whichever process or node this job ran in
         from tqdm import tqdm
 
-        finished = len(list(Path(hc.sweep.dir).glob(f"*/{JOB_FILE}")))
+        from scylla.harness.sweep_summary import sweep_job_files
+
+        finished = len(sweep_job_files(hc.sweep.dir, info["sweep_id"]))
         start = float(os.environ.get(SWEEP_START_ENV, "0")) or None
         elapsed = time.time() - start if start else 0.0
         print("[scylla] " + tqdm.format_meter(finished, sweep_jobs, elapsed, prefix="sweep", unit="job",
                                               ncols=100), flush=True)
     return info
+
+
+def _scrub_hydra_dumps(out_dir: Path, sweep_dir: Optional[Path]) -> None:
+    """Rewrite what Hydra dumped verbatim (.hydra/*.yaml, multirun.yaml, its job log) with secrets
+    scrubbed (URL passwords, env secret values): Hydra writes them before any job code runs."""
+    from scylla.config import scrub_text_file
+
+    paths = list((out_dir / ".hydra").glob("*.yaml")) + list(out_dir.glob("*.log"))
+    if sweep_dir is not None:
+        paths.append(sweep_dir / "multirun.yaml")
+    for path in paths:
+        scrub_text_file(path)
 
 
 def _job_table(record: dict[str, Any]) -> str:
@@ -105,6 +132,11 @@ def main() -> None:
         path = config_dir()
     except ConfigError as err:
         _fail(str(err))
+        return
+    empty = [a.split("=", 1)[0].lstrip("+~") for a in sys.argv[1:]
+             if re.fullmatch(r"[+~]*axes\.\w+=\[\s*\]", a)]
+    if empty:  # a sweep over an empty axis: Hydra would fail on '' with a traceback naming no key
+        _fail(f"{empty[0]}: list at least one value, e.g. {empty[0]}=[2,4]")
         return
     bad = secret_overrides(sys.argv[1:])
     if bad:  # refused before Hydra copies the overrides into .hydra/, multirun.yaml and its logs

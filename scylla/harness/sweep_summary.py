@@ -26,12 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepSummary", "sweep_jobs", "count_jobs", "validate_jobs", "summarize", "format_summary"]
+__all__ = ["SweepSummary", "sweep_job_files", "sweep_jobs", "count_jobs", "validate_jobs", "summarize", "format_summary"]
 
 JOB_FILE = "scylla_job.json"
 SWEEP_JOBS_ENV = "SCYLLA_SWEEP_JOBS"
 SWEEP_START_ENV = "SCYLLA_SWEEP_START"
 MAX_LINES = 40
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_joblib_launcher.joblib_launcher",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher", "hydra.core.utils")
 
 
 def sweep_jobs(config: DictConfig) -> Optional[list[list[str]]]:
@@ -72,12 +75,27 @@ def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> None:
             raise ConfigError(f"sweep job [{' '.join(overrides)}] is invalid; nothing was launched.\n{msg}") from None
 
 
-def summarize(sweep_dir: str | Path, total: Optional[int] = None) -> dict[str, Any]:
-    """Jobs of a sweep folder with their status and headline metrics."""
+def sweep_job_files(sweep_dir: str | Path, sweep_id: Optional[str] = None) -> list[Path]:
+    """The job files of one sweep: two sweeps sharing a folder (same ``hydra.sweep.dir``) each count
+    only the jobs stamped with their own ``sweep_id`` (`SWEEP_START_ENV`); None counts every file."""
+    out = []
+    for path in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        if sweep_id is not None:
+            try:
+                if json.loads(path.read_text()).get("sweep_id") != sweep_id:
+                    continue
+            except (OSError, ValueError):
+                continue  # a job file being written or broken: not this sweep's finished job
+        out.append(path)
+    return out
+
+
+def summarize(sweep_dir: str | Path, total: Optional[int] = None, sweep_id: Optional[str] = None) -> dict[str, Any]:
+    """Jobs of a sweep folder (of sweep ``sweep_id`` only, when given) with their status and headline metrics."""
     from scylla.harness.results import ResultsError, read_record, record_rows
 
     jobs = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{JOB_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for path in sweep_job_files(sweep_dir, sweep_id):
         info = json.loads(path.read_text())
         info["num"] = path.parent.name
         try:
@@ -86,10 +104,12 @@ def summarize(sweep_dir: str | Path, total: Optional[int] = None) -> dict[str, A
             rows = []
         info["rows"] = rows
         jobs.append(info)
-    done = sum(j["status"] == "done" for j in jobs)
+    done = sum(j["status"] in ("done", "replaced") for j in jobs)
+    replaced = sum(j["status"] == "replaced" for j in jobs)
     skipped = sum(j["status"] == "skipped" for j in jobs)
     missing = (total - len(jobs)) if total is not None else 0
-    return {"jobs": jobs, "done": done, "skipped": skipped, "failed": max(0, missing), "total": total}
+    return {"jobs": jobs, "done": done, "replaced": replaced, "skipped": skipped, "failed": max(0, missing),
+            "total": total}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -127,17 +147,37 @@ def format_summary(summary: dict[str, Any], results_dir: str | Path) -> str:
         lines.append(f"... {len(jobs) - MAX_LINES} more jobs (see the records)")
     total = summary["total"] if summary["total"] is not None else len(jobs)
     lines.append("-" * len(head))
-    lines.append(f"{total} jobs: {summary['done']} run, {summary['skipped']} skipped (record existed), "
+    run = f"{summary['done']} run" + (f" ({summary['replaced']} replacing an old record)" if summary.get("replaced") else "")
+    lines.append(f"{total} jobs: {run}, {summary['skipped']} skipped (record existed), "
                  f"{summary['failed']} failed or missing (re-run the same command to redo them)")
     lines.append(f"records: {results_dir}   ->   scylla.harness.results.load({str(results_dir)!r})")
     lines.append("=" * len(head))
     return "\n".join(lines)
 
 
+class ScrubFilter(logging.Filter):
+    """Scrubs secrets (URL passwords, env secret values) from every record a handler emits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from scylla.config import scrub_secrets
+
+        message = record.getMessage()
+        clean = scrub_secrets(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
 class SweepSummary(Callback):
     """Registered in configs/config.yaml under ``hydra.callbacks``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The launchers log every job's overrides verbatim; they reconfigure the handlers, so the filter
+        # sits on their loggers.
+        for name in LAUNCHER_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, ScrubFilter) for f in logger.filters):
+                logger.addFilter(ScrubFilter())
         try:
             jobs = sweep_jobs(config)
         except Exception as err:  # noqa: BLE001 - the sweeper itself reports unparsable overrides
@@ -166,7 +206,8 @@ class SweepSummary(Callback):
         total = int(os.environ.get(SWEEP_JOBS_ENV, "0")) or None
         results_dir = resolve_path(str(OmegaConf.select(config, "paths.results_dir")))
         try:
-            print(format_summary(summarize(config.hydra.sweep.dir, total), results_dir), flush=True)
+            sweep_id = os.environ.get(SWEEP_START_ENV) or None
+            print(format_summary(summarize(config.hydra.sweep.dir, total, sweep_id), results_dir), flush=True)
         except Exception as err:  # noqa: BLE001
             log.warning("could not print the sweep summary: %s", err)
         os.environ.pop(SWEEP_JOBS_ENV, None)

@@ -64,8 +64,10 @@ class WandbTracker(Tracker):
             folder = wandb_dir or cfg.dir or os.environ.get("WANDB_DIR")
             if folder:
                 os.makedirs(folder, exist_ok=True)
+            # No metadata (it holds sys.argv, i.e. every override verbatim), no code, no git, no job.
             settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
-                                      save_code=False)
+                                      save_code=False, disable_code=True, disable_job_creation=True,
+                                      x_disable_meta=True)
             # Every string that reaches wandb is scrubbed, not only the config (a tag or a group could
             # be interpolated from the environment).
             self._run = wandb.init(

@@ -114,6 +114,9 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, provenance: dict
         record = {"format": FORMAT, "model_class": f"{cls.__module__}.{cls.__qualname__}",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
         (tmp / PROVENANCE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        from scylla.integrity import write_folder_checksums
+
+        write_folder_checksums(tmp)  # inside the unpublished folder: published together, atomically
         if folder.exists() and is_complete(folder):
             shutil.rmtree(tmp)
             return folder
@@ -147,6 +150,12 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device | None = Non
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
+    from scylla.integrity import IntegrityError, verify_folder
+
+    try:
+        verify_folder(folder)  # one hash pass per load: changed weights must never measure silently
+    except IntegrityError as err:
+        raise CheckpointError(str(err)) from None
     prov = read_provenance(folder)
     qualified = prov.get("model_class", "")
     if qualified.startswith("transformers.") or not qualified:

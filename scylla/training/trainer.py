@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -43,6 +44,8 @@ from scylla.models.llama import ModelSpec, build_llama, count_parameters, defaul
 from scylla.data.tokenizer import Tokenizer
 from scylla.training.precision import PrecisionDecision, decide_precision
 
+log = logging.getLogger(__name__)
+
 ALGO_VERSION = 1  # bump when a change alters trained weights, so old cache entries are not reused
 MANIFEST_FILE = "corpus_manifest.json"  # in every checkpoint folder, next to provenance.json
 
@@ -61,7 +64,12 @@ def token_stream(corpus: Corpus, tokenizer: Tokenizer, split: str, cache_dir: Pa
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{corpus.name.replace('/', '_').replace(':', '_')[:40]}-{corpus.split_fingerprint}-" \
                     f"{tokenizer.fingerprint}-{split}.npy"
+    from scylla.integrity import sha256_file, verify_sidecar, write_sidecar
+
     with FileLock(str(path) + ".lock"):
+        if path.exists() and verify_sidecar(path) is False:  # changed on disk: rebuild, never train on it
+            log.warning("token cache %s does not match its sha256; rebuilding it", path)
+            path.unlink()
         if not path.exists():
             dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.int32
             eos = tokenizer.eos_token_id
@@ -69,8 +77,14 @@ def token_stream(corpus: Corpus, tokenizer: Tokenizer, split: str, cache_dir: Pa
             arr = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
             np.save(tmp, arr, allow_pickle=False)
+            write_sidecar(path, sha256_file(tmp))  # checksum first, so a published file always has one
             os.replace(tmp, path)
-    return np.load(path, allow_pickle=False, mmap_mode="r")
+        elif verify_sidecar(path) is None:  # written before checksums: record what is there now
+            write_sidecar(path)
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise TrainError(f"token cache {path} cannot be read ({err}); delete it and re-run to rebuild it") from None
 
 
 class BatchSampler:
