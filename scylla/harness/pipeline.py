@@ -150,6 +150,10 @@ def build_tokenizer(ctx: JobContext) -> Any:
     from scylla.data.tokenizer import get_tokenizer
 
     t = ctx.cfg.tokenizer
+    if t.kind == "target":  # the target's own tokenizer, shared by every draft
+        from scylla.models.pretrained import target_location
+
+        return get_tokenizer(f"pretrained:{target_location(ctx.cfg.target, ctx.cache_dir)[0]}")
     return get_tokenizer(t.kind, t.vocab_size, list(ctx.cfg.data.corpora), ctx.cache_dir,
                          min_frequency=t.min_frequency, corpus_options=dict(ctx.cfg.data.corpus_options) or None)
 
@@ -172,10 +176,13 @@ def build_target(ctx: JobContext) -> PreparedModel:
     from scylla.models.pretrained import load_causal_lm
 
     t = ctx.cfg.target
-    if t.source == "pretrained":
-        model = load_causal_lm(str(t.path), device=ctx.device)
+    if t.source in ("pretrained", "gguf"):
+        from scylla.models.pretrained import target_location
+
+        where, extra = target_location(t, ctx.cache_dir)
+        model = load_causal_lm(where, device=ctx.device)
         info = _model_info(model, None, None)
-        info.update(name=t.name, source="pretrained", path=t.path)
+        info.update(name=t.name, source=t.source, vocab_size=int(model.config.vocab_size), **extra)
         return PreparedModel(model, info)
     spec = t.to_spec(ctx.tokenizer.vocab_size)
     path = ctx.train("target", spec, [t.tokens])[t.tokens]
