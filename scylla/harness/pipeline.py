@@ -221,11 +221,19 @@ def _llama_draft(ctx: JobContext) -> PreparedModel:
 
     d = ctx.cfg.draft
     spec = d.to_spec(ctx.tokenizer.vocab_size)
-    paths = ctx.train("draft", spec, d.budgets)  # the sweep's budgets: one shared branched run
+    kwargs, vocab_info = {}, {}
+    if d.vocab_size is not None:  # a reduced draft vocabulary (scylla.models.reduced)
+        from scylla.models.reduced import reduced_vocab_factory
+
+        target_size = spec.vocab_size if ctx.target is None else int(ctx.target.model.get_input_embeddings().num_embeddings)
+        kwargs["model_factory"], vocab_info = reduced_vocab_factory(
+            ctx.tokenizer, list(ctx.cfg.data.corpora), dict(ctx.cfg.data.corpus_options) or None, ctx.cache_dir,
+            int(d.vocab_size), target_size, seed=ctx.cfg.train.seed)
+    paths = ctx.train("draft", spec, d.budgets, **kwargs)  # the sweep's budgets: one shared branched run
     model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
     info = _model_info(model, prov, paths[d.tokens])
     info.update(name=d.name, family="llama", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
-                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets)
+                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, **vocab_info)
     return PreparedModel(model, info)
 
 
