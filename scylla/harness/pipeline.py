@@ -389,6 +389,8 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
             created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             with _timed(ctx, "tokenizer"):
                 ctx.tokenizer = build_tokenizer(ctx)
+            if job.target.source != "preset":  # a real model ends its answers (chat tasks) with its EOS
+                ctx.eos_token_id = int(ctx.tokenizer.eos_token_id)
             family = draft_family(job.draft.family)
             if family.needs_target:
                 with _timed(ctx, "target"):
