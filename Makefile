@@ -42,8 +42,8 @@ test-full: $(STAMP) ## Run every test, the slow ones included
 bench: $(STAMP) ## Run the benchmarks (ratios measured side by side; not tests)
 	$(PY) -m benchmarks.run_all
 
-demo: $(STAMP) ## The main job on the embedded default: train/reuse, sweep a small grid, fit, recommend
-	$(PY) -m scylla.harness.demo
+demo: $(STAMP) ## The main job on the real default target SmolLM2-135M-Instruct (EXPERIMENT=demo-small: the self-trained one)
+	$(PY) -m scylla.harness.demo $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multirun
 	$(VENV)/bin/scylla-run -m sweep=grid experiment=demo
