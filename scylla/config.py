@@ -48,8 +48,8 @@ __all__ = [
 
 DRAFT_FAMILIES = ("llama", "mtp", "ngram")
 DECODE_METHODS = ("oracle", "engine")
-TOKENIZER_KINDS = ("bpe", "byte")  # plus "pretrained:<name_or_path>"
-TARGET_SOURCES = ("preset", "pretrained")
+TOKENIZER_KINDS = ("bpe", "byte", "target")  # plus "pretrained:<name_or_path>"
+TARGET_SOURCES = ("preset", "pretrained", "gguf")
 WANDB_MODES = ("offline", "online", "disabled")
 LOGGER_BACKENDS = ("none", "wandb")
 
@@ -95,8 +95,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """The tokenizer shared by target and drafts: ``bpe`` (trained and cached), ``byte`` or
-    ``pretrained:<name_or_path>`` (a pretrained target's own tokenizer)."""
+    """The tokenizer shared by target and drafts: ``bpe`` (trained and cached), ``byte``,
+    ``target`` (the pretrained or GGUF target's own tokenizer, wherever it comes from) or
+    ``pretrained:<name_or_path>`` (a named tokenizer)."""
 
     kind: str = "bpe"
     vocab_size: int = 4096
@@ -116,11 +117,15 @@ class TargetConfig:
     """The model whose outputs speculative decoding reproduces.
 
     ``source: preset`` trains a Llama of the given shape for ``tokens`` tokens (cached);
-    ``source: pretrained`` loads any causal LM from ``path`` (a local folder or hub id)."""
+    ``source: pretrained`` loads any causal LM from ``path`` (a local folder or hub id);
+    ``source: gguf`` converts ``gguf_file`` (a path, or a file inside the installed ``package``)
+    once into the cache (`scylla.models.gguf`) and loads that."""
 
     name: str = "demo"  # the defaults are configs/target/demo.yaml (a test keeps them equal)
     source: str = "preset"
     path: Optional[str] = None
+    gguf_file: Optional[str] = None
+    package: Optional[str] = None
     d_model: int = 256
     n_layers: int = 6
     n_heads: int = 4
@@ -133,6 +138,9 @@ class TargetConfig:
                f"unknown source {self.source!r}; use one of {list(TARGET_SOURCES)}")
         if self.source == "pretrained":
             _check(bool(self.path), "target.path", "source=pretrained needs a local folder or hub id in target.path")
+        elif self.source == "gguf":
+            _check(bool(self.gguf_file or self.package), "target.gguf_file",
+                   "source=gguf needs a .gguf path in target.gguf_file (or an installed target.package)")
         else:
             _check_shape("target", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
             _positive(self.tokens, "target.tokens")
@@ -169,9 +177,16 @@ class DraftConfig:
     # family=ngram (prompt lookup, no model): the longest and shortest suffix n-gram looked up.
     ngram_max: int = 3
     ngram_min: int = 1
+    # Reduced draft vocabulary (EAGLE-3's d2t/t2d): the draft predicts only the vocab_size most frequent
+    # target tokens of its training split; null = the full target vocabulary.
+    vocab_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "draft.name", "must be a non-empty string")
+        _check(self.vocab_size is None or self.vocab_size >= 2, "draft.vocab_size",
+               f"must be >= 2 or null (the full target vocabulary), got {self.vocab_size!r}")
+        _check(self.vocab_size is None or self.family == "llama", "draft.vocab_size",
+               f"a reduced vocabulary is for family=llama drafts; set it to null for family={self.family}")
         _check(self.family in DRAFT_FAMILIES, "draft.family",
                f"unknown family {self.family!r}; use one of {list(DRAFT_FAMILIES)}")
         if self.family == "ngram":
@@ -440,9 +455,10 @@ class ScyllaConfig:
         if self.target.source == "preset":
             _check(self.target.tokens >= step, "target.tokens",
                    f"{self.target.tokens} is smaller than one training step ({step} tokens)")
-        if self.tokenizer.kind.startswith("pretrained:"):
-            _check(self.target.source == "pretrained", "tokenizer.kind",
-                   "a pretrained tokenizer only fits a pretrained target (target.source=pretrained)")
+        if self.tokenizer.kind.startswith("pretrained:") or self.tokenizer.kind == "target":
+            _check(self.target.source in ("pretrained", "gguf"), "tokenizer.kind",
+                   f"{self.tokenizer.kind} only fits a pretrained or GGUF target (target.source=pretrained|gguf); "
+                   "a preset target trains with tokenizer=bpe or byte")
         # A batch larger than the prompts would decode fewer rows than its label says and feed the batch law.
         big = [b for b in self.decode.batch_sizes if b > self.eval.n_prompts]
         _check(not big, "decode.batch_sizes",

@@ -147,8 +147,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     results_dir = resolve_path(job.paths.results_dir)
     axes = job.axes
-    print(f"Scylla demo: target {job.target.name} ({job.target.d_model}x{job.target.n_layers}, "
-          f"{job.target.tokens:,} tokens; trained once, then cached in {resolve_path(job.paths.cache_dir)})")
+    if job.target.source == "preset":
+        print(f"Scylla demo: target {job.target.name} ({job.target.d_model}x{job.target.n_layers}, "
+              f"{job.target.tokens:,} tokens; trained once, then cached in {resolve_path(job.paths.cache_dir)})")
+    else:
+        print(f"Scylla demo: target {job.target.name} ({job.target.source} {job.target.gguf_file or job.target.path}; "
+              f"converted once, then loaded from {resolve_path(job.paths.cache_dir)}/targets)")
+    if job.draft.vocab_size:
+        print(f"  drafts predict the {job.draft.vocab_size:,} most frequent target tokens (draft.vocab_size)")
     print(f"  grid: drafts {list(axes.drafts)} x token budgets {list(axes.tokens)} = {len(expected)} jobs, "
           f"batch sizes {list(axes.batch_sizes)} and tasks {list(job.eval.tasks)} inside each job; "
           f"gamma {job.decode.gamma}", flush=True)

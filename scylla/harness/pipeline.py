@@ -150,6 +150,10 @@ def build_tokenizer(ctx: JobContext) -> Any:
     from scylla.data.tokenizer import get_tokenizer
 
     t = ctx.cfg.tokenizer
+    if t.kind == "target":  # the target's own tokenizer, shared by every draft
+        from scylla.models.pretrained import target_location
+
+        return get_tokenizer(f"pretrained:{target_location(ctx.cfg.target, ctx.cache_dir)[0]}")
     return get_tokenizer(t.kind, t.vocab_size, list(ctx.cfg.data.corpora), ctx.cache_dir,
                          min_frequency=t.min_frequency, corpus_options=dict(ctx.cfg.data.corpus_options) or None)
 
@@ -174,10 +178,13 @@ def build_target(ctx: JobContext) -> PreparedModel:
     from scylla.models.pretrained import load_causal_lm
 
     t = ctx.cfg.target
-    if t.source == "pretrained":
-        model = load_causal_lm(str(t.path), device=ctx.device)
+    if t.source in ("pretrained", "gguf"):
+        from scylla.models.pretrained import target_location
+
+        where, extra = target_location(t, ctx.cache_dir)
+        model = load_causal_lm(where, device=ctx.device)
         info = _model_info(model, None, None)
-        info.update(name=t.name, source="pretrained", path=t.path)
+        info.update(name=t.name, source=t.source, vocab_size=int(model.config.vocab_size), **extra)
         return PreparedModel(model, info)
     spec = t.to_spec(ctx.tokenizer.vocab_size)
     path = ctx.train("target", spec, [t.tokens])[t.tokens]
@@ -216,11 +223,19 @@ def _llama_draft(ctx: JobContext) -> PreparedModel:
 
     d = ctx.cfg.draft
     spec = d.to_spec(ctx.tokenizer.vocab_size)
-    paths = ctx.train("draft", spec, d.budgets)  # the sweep's budgets: one shared branched run
+    kwargs, vocab_info = {}, {}
+    if d.vocab_size is not None:  # a reduced draft vocabulary (scylla.models.reduced)
+        from scylla.models.reduced import reduced_vocab_factory
+
+        target_size = spec.vocab_size if ctx.target is None else int(ctx.target.model.get_input_embeddings().num_embeddings)
+        kwargs["model_factory"], vocab_info = reduced_vocab_factory(
+            ctx.tokenizer, list(ctx.cfg.data.corpora), dict(ctx.cfg.data.corpus_options) or None, ctx.cache_dir,
+            int(d.vocab_size), target_size, seed=ctx.cfg.train.seed)
+    paths = ctx.train("draft", spec, d.budgets, **kwargs)  # the sweep's budgets: one shared branched run
     model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
     info = _model_info(model, prov, paths[d.tokens])
     info.update(name=d.name, family="llama", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
-                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets)
+                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, **vocab_info)
     return PreparedModel(model, info)
 
 
@@ -387,6 +402,8 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
             from scylla.preflight import check_job
 
             check_job(job, ctx.tokenizer)  # before any training: a mismatch found after it costs hours
+            if job.target.source != "preset":  # a real model ends its answers (chat tasks) with its EOS
+                ctx.eos_token_id = int(ctx.tokenizer.eos_token_id)
             family = draft_family(job.draft.family)
             if family.needs_target:
                 with _timed(ctx, "target"):

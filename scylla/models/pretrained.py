@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-__all__ = ["load_causal_lm"]
+__all__ = ["load_causal_lm", "target_location"]
 
 
 def load_causal_lm(
@@ -43,3 +44,22 @@ def load_causal_lm(
         model.to(device)
     model.eval()
     return model
+
+
+def target_location(target: Any, cache_dir: str | Path) -> tuple[str, dict]:
+    """Where a non-preset target's weights and tokenizer live, and what the record says about it.
+
+    ``source: pretrained`` is ``target.path`` as given (a folder or hub id); ``source: gguf`` is the
+    cached conversion of ``target.gguf_file`` (converted here on first use, see `scylla.models.gguf`).
+    The tokenizer kind ``target`` reads its files from the same place, so drafts share the target's ids."""
+    if target.source == "pretrained":
+        return str(target.path), {"path": target.path}
+    if target.source == "gguf":
+        from scylla.models.gguf import convert_gguf, read_target_provenance, resolve_gguf
+
+        gguf = resolve_gguf(target.gguf_file, target.package)
+        folder = convert_gguf(gguf, cache_dir, package=target.package)
+        prov = read_target_provenance(folder)
+        keep = ("package", "package_version", "file", "quantization", "sha256")
+        return str(folder), {"path": str(folder), "converted_from": {k: prov.get(k) for k in keep}}
+    raise ValueError(f"target.source={target.source!r} has no pretrained location (a preset is trained)")
