@@ -4,9 +4,9 @@
 
 1. per task, the target's continuations of the held-out prompts (generated once, cached and shared by
    every job of the target) and the oracle's counters for every chain and static tree of the job;
-2. cost probes of the target and the draft at every batch size and width those shapes need (cached by
-   model shape and machine: timing depends on shapes, not weights), each model's prefill, and the
-   engine's own per-step time;
+2. cost probes of the target and the draft at every batch size and width those shapes need, each
+   model's prefill, and the engine's own per-step time (all cached by model shape and machine under
+   ``<cache>/probes``: timing depends on shapes, not weights, so the jobs of a sweep share them);
 3. one ``source: oracle`` row per (task, shape, batch size) with the predicted speedup and interval;
 4. engine checks: at each checked batch size, the best predicted shape and ``check_cells - 1`` others
    (the worst first, so the check spans the prediction's range) are decoded for real on the first
@@ -113,35 +113,68 @@ def _shape_key(model: Any) -> str:
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cached_probes(ctx: Any, model: Any, role: str, request: dict[str, Any]) -> list[Any]:
-    """Forward and prefill probes of ``model`` (``request``: batch sizes, widths, tree widths, context,
-    repeats), reused from ``<cache>/probes`` when the same shapes were probed on this machine."""
-    from scylla.measure.probes import ForwardProbe, machine_info, probe_forwards, probe_prefill
+def _cached_json(ctx: Any, name: str, key_parts: list[Any], compute: Any, parse: Any) -> Any:
+    """``parse(blob)`` of ``<cache>/probes/<name>-<key>.json``, or ``compute()`` (a list of probes) written
+    there atomically first. Timing caches hold no results, so a damaged one is only re-measured."""
+    from scylla.measure.probes import machine_info
 
-    info = machine_info()
-    key = hashlib.sha256(json.dumps([_shape_key(model), role, request, info], sort_keys=True,
+    key = hashlib.sha256(json.dumps([*key_parts, machine_info()], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     folder = Path(ctx.cache_dir) / "probes"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{role}-{key}.json"
+    path = folder / f"{name}-{key}.json"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             try:
-                blob = json.loads(path.read_text())
-                return [ForwardProbe(**{k: v for k, v in p.items() if k not in ("median", "best")})
-                        for p in blob["probes"]]
+                return parse(json.loads(path.read_text())["probes"])
             except (ValueError, KeyError, TypeError):
-                path.unlink()  # a damaged timing cache is only re-measured
+                path.unlink()
+        probes = compute()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "key": key_parts, "probes": [p.to_dict() for p in probes]}, default=str))
+        tmp.replace(path)
+    return probes
+
+
+def _cached_probes(ctx: Any, model: Any, role: str, request: dict[str, Any]) -> list[Any]:
+    """Forward and prefill probes of ``model`` (``request``: batch sizes, widths, tree widths, context,
+    repeats), reused from ``<cache>/probes`` when the same shapes were probed on this machine."""
+    from scylla.measure.probes import ForwardProbe, probe_forwards, probe_prefill
+
+    def compute() -> list[Any]:
         probes = probe_forwards(model, role=role, batch_sizes=request["batch_sizes"], widths=request["widths"],
                                 tree_widths=request["tree_widths"], context=request["context"],
                                 repeats=request["repeats"])
-        probes += probe_prefill(model, role=role, batch_sizes=request["batch_sizes"], context=request["prefill"],
-                                repeats=max(1, request["repeats"] // 2))
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "request": request, "probes": [p.to_dict() for p in probes]}))
-        tmp.replace(path)
-    return probes
+        return probes + probe_prefill(model, role=role, batch_sizes=request["batch_sizes"],
+                                      context=request["prefill"], repeats=max(1, request["repeats"] // 2))
+
+    def parse(blob: list[dict[str, Any]]) -> list[Any]:
+        return [ForwardProbe(**{k: v for k, v in p.items() if k not in ("median", "best")}) for p in blob]
+
+    return _cached_json(ctx, role, [_shape_key(model), role, request], compute, parse)
+
+
+def _cached_overheads(ctx: Any, target: Any, draft: Any, prompts: list[list[int]], shape: str,
+                      repeats: int) -> list[Any]:
+    """The engine's per-step time outside the forwards for ``shape`` (``chain:0``: plain decoding), reused
+    across the jobs of a sweep: it depends on the models' shapes, the batch sizes and the machine."""
+    from scylla.measure.probes import OverheadProbe, probe_overhead
+
+    dec = ctx.cfg.decode
+    draft_key = _shape_key(draft) if shape != "chain:0" and hasattr(draft, "parameters") else type(draft).__name__
+    mean_prompt = round(sum(map(len, prompts)) / len(prompts))
+    parts = ["overhead", _shape_key(target), draft_key, shape, sorted(dec.batch_sizes), repeats, dec.temperature,
+             mean_prompt]
+
+    def compute() -> list[Any]:
+        return probe_overhead(target, draft if shape != "chain:0" else None, prompts, batch_sizes=dec.batch_sizes,
+                              shape=shape, repeats=repeats, temperature=dec.temperature)
+
+    def parse(blob: list[dict[str, Any]]) -> list[Any]:
+        return [OverheadProbe(**{k: v for k, v in p.items() if k not in ("median", "best")}) for p in blob]
+
+    return _cached_json(ctx, "overhead", parts, compute, parse)
 
 
 def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
@@ -150,7 +183,6 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     from scylla.measure.compose import predict_speedup, required_widths
     from scylla.measure.continuations import model_fingerprint, target_continuations
     from scylla.measure.oracle import acceptance_oracle
-    from scylla.measure.probes import probe_overhead
     from scylla.measure.rows import measurement
 
     cfg, dec = ctx.cfg, ctx.cfg.decode
@@ -193,12 +225,11 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     if has_model and priced:
         probes += _cached_probes(ctx, proposer, "draft", {**request, "widths": sorted(need["draft"]["decode"]),
                                                           "tree_widths": sorted(need["draft"]["tree"])})
-    overheads = probe_overhead(target, None, first, batch_sizes=dec.batch_sizes, shape="chain:0",
-                               repeats=max(1, dec.probe_repeats // 2))
+    overheads = _cached_overheads(ctx, target, None, first, "chain:0", max(1, dec.probe_repeats // 2))
     chains = [s for s in priced if s.is_chain]
     if chains:
-        overheads += probe_overhead(target, proposer, first, batch_sizes=dec.batch_sizes, shape=chains[-1].describe(),
-                                    repeats=max(1, dec.probe_repeats // 2), temperature=dec.temperature)
+        overheads += _cached_overheads(ctx, target, proposer, first, chains[-1].describe(),
+                                       max(1, dec.probe_repeats // 2))
     ctx.timings["probe_seconds"] = time.perf_counter() - t0
     extra["probes"] = [p.to_dict() for p in probes]
     extra["overheads"] = [o.to_dict() for o in overheads]
