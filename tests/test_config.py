@@ -123,6 +123,7 @@ def test_schema_defaults_agree_with_the_default_yaml() -> None:
     ("draft.n_heads=3", "n_heads"),
     ("logger.mode=sometimes", "logger.mode"),
     ("axes.tokens=[0,10]", "axes.tokens"),
+    ("axes.gammas=[]", "axes.gammas: list at least one value"),
     ("draft.tokens=100", "smaller than one training step"),
     ("draft.parameter_matched=true", "draft.parameter_matched"),
 ])

@@ -63,3 +63,21 @@ def test_two_sweeps_sharing_one_folder_count_their_own_jobs(tmp_path: Path) -> N
     assert "2 jobs: 0 run, 2 skipped (record existed), 0 failed" in format_summary(b, tmp_path)
     a = summarize(tmp_path, total=4, sweep_id="A")  # A's jobs 0-1 were overwritten by B
     assert (a["done"], a["failed"]) == (2, 2)
+
+
+def test_sweep_summary_shows_the_best_shape_per_batch_size() -> None:
+    """A job measures several draft shapes; its line must not average them into one speedup."""
+    from scylla.harness.sweep_summary import best_shapes
+
+    def row(task: str, gamma: int, batch: int, speedup: float, alpha: float) -> dict:
+        return {"draft_name": "d", "draft_params": 9_000, "draft_params_non_embedding": 1_000, "draft_tokens": 5,
+                "task": task, "gamma": gamma, "tree": None, "batch_size": batch, "speedup": speedup, "alpha": alpha,
+                "tau": 1 + alpha}
+
+    rows = [row(t, 1, 1, 1.0, 0.5) for t in "ab"] + [row(t, 4, 1, 1.4, 0.4) for t in "ab"]
+    rows += [row("a", 1, 8, 0.9, 0.5), row("b", 1, 8, 0.7, 0.5), row("a", 4, 8, 0.6, 0.4), row("b", 4, 8, 0.6, 0.4)]
+    assert best_shapes(rows) == {1: ("chain:4", 1.4), 8: ("chain:1", 0.8)}
+    text = format_summary({"jobs": [{"num": "0", "status": "done", "rows": rows, "record": "x"}], "done": 1,
+                           "skipped": 0, "failed": 0, "total": 1}, Path("r"))
+    line = next(x for x in text.splitlines() if x.strip().startswith("0 done"))
+    assert line.split()[3:] == ["1,000", "5", "chain:4", "0.400", "1.40", "1.40", "0.80"], line

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepSummary", "sweep_job_files", "sweep_jobs", "count_jobs", "validate_jobs", "summarize", "format_summary"]
+__all__ = ["SweepSummary", "sweep_job_files", "sweep_jobs", "count_jobs", "validate_jobs", "summarize", "format_summary",
+           "best_shapes"]
 
 JOB_FILE = "scylla_job.json"
 SWEEP_JOBS_ENV = "SCYLLA_SWEEP_JOBS"
@@ -118,30 +119,56 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _mean(col: str, rows: list[dict[str, Any]]) -> float:
+    vals = [r[col] for r in rows if r.get(col) is not None and not (isinstance(r[col], float) and math.isnan(r[col]))]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _shape(row: dict[str, Any]) -> str:
+    tree = row.get("tree")
+    return str(tree) if tree else f"chain:{row.get('gamma')}"
+
+
+def best_shapes(rows: list[dict[str, Any]]) -> dict[int, tuple[str, float]]:
+    """Per batch size, the draft shape with the highest speedup (mean over tasks) and that speedup."""
+    out: dict[int, tuple[str, float]] = {}
+    for b in sorted({r["batch_size"] for r in rows}):
+        at_b = [r for r in rows if r["batch_size"] == b]
+        scored = [(_mean("speedup", [r for r in at_b if _shape(r) == s]), s) for s in sorted({_shape(r) for r in at_b})]
+        scored = [x for x in scored if not math.isnan(x[0])]
+        if scored:
+            speed, shape = max(scored)
+            out[b] = (shape, speed)
+    return out
+
+
 def format_summary(summary: dict[str, Any], results_dir: str | Path) -> str:
-    """The one-screen table: one line per job, mean over tasks, speedup per batch size."""
+    """The one-screen table: one line per job; speedup per batch size at that batch size's best draft
+    shape, acceptance at the best shape of the smallest batch size; means over tasks."""
     jobs = summary["jobs"]
     batches = sorted({r["batch_size"] for j in jobs for r in j["rows"]})
     width = max([5] + [len(str(j["rows"][0]["draft_name"])) for j in jobs if j["rows"]])
-    head = f"{'job':>4} {'status':8} {'draft':{width}} {'params':>10} {'tokens':>10} {'g':>2} {'alpha':>6} {'tau':>5}"
+    head = (f"{'job':>4} {'status':8} {'draft':{width}} {'params':>10} {'tokens':>10} {'shape':>14} {'alpha':>6} "
+            f"{'tau':>5}")
     head += "".join(f" {'S@' + str(b):>6}" for b in batches)
-    lines = ["", "=" * len(head), "Scylla sweep summary (tau includes the bonus token; S = wall-clock speedup, "
-             "mean over tasks)", head, "-" * len(head)]
+    lines = ["", "=" * len(head), "Scylla sweep summary (params: non-embedding; shape, alpha, tau: the best shape at the "
+             "smallest batch size; S@B: wall-clock speedup at B's best shape; tau includes the bonus token; "
+             "means over tasks)", head, "-" * len(head)]
     for j in jobs[:MAX_LINES]:
         rows = j["rows"]
         if not rows:
             lines.append(f"{j['num']:>4} {j['status']:8} (record unreadable: {j['record']})")
             continue
         r0 = rows[0]
-
-        def mean(col: str, rs: list[dict[str, Any]]) -> float:
-            vals = [r[col] for r in rs if r.get(col) is not None and not (isinstance(r[col], float) and math.isnan(r[col]))]
-            return sum(vals) / len(vals) if vals else float("nan")
-
-        line = (f"{j['num']:>4} {j['status']:8} {str(r0['draft_name']):{width}} {_fmt(r0['draft_params'], ',d'):>10} "
-                f"{_fmt(r0['draft_tokens'], ',d'):>10} {r0['gamma']:>2} {mean('alpha', rows):6.3f} {mean('tau', rows):5.2f}")
+        best = best_shapes(rows)
+        shape = best[min(best)][0] if best else _shape(r0)
+        at_shape = [r for r in rows if _shape(r) == shape]
+        params = r0.get("draft_params_non_embedding", r0.get("draft_params"))
+        line = (f"{j['num']:>4} {j['status']:8} {str(r0['draft_name']):{width}} {_fmt(params, ',d'):>10} "
+                f"{_fmt(r0['draft_tokens'], ',d'):>10} {shape:>14} {_mean('alpha', at_shape):6.3f} "
+                f"{_mean('tau', at_shape):5.2f}")
         for b in batches:
-            line += f" {mean('speedup', [r for r in rows if r['batch_size'] == b]):6.2f}"
+            line += f" {best[b][1] if b in best else float('nan'):6.2f}"
         lines.append(line)
     if len(jobs) > MAX_LINES:
         lines.append(f"... {len(jobs) - MAX_LINES} more jobs (see the records)")
