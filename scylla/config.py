@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "ResponsesConfig",
     "TokenizerConfig",
     "TargetConfig",
     "DraftConfig",
@@ -80,17 +81,62 @@ def _check_shape(prefix: str, d_model: int, n_layers: int, n_heads: int, ffn_dim
 
 
 @dataclass
+class ResponsesConfig:
+    """The target's own answers to training-split chat requests (`scylla.data.responses`), used as draft
+    training data when ``data.source=responses``: generated once per target and settings, cached."""
+
+    tasks: list[str] = field(default_factory=lambda: ["chat-summarise", "chat-qa", "chat-code"])
+    n_prompts: int = 768
+    prompt_tokens: int = 96
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        from scylla.data.tasks import TASKS
+
+        chat = sorted(t for t, spec in TASKS.items() if spec.chat is not None)
+        _check(len(self.tasks) > 0, "data.responses.tasks", f"list at least one chat task, e.g. {chat}")
+        bad = [t for t in self.tasks if t not in chat]
+        _check(not bad, "data.responses.tasks", f"{bad} are not chat tasks; use some of {chat}")
+        for name in ("n_prompts", "prompt_tokens", "max_new_tokens", "batch_size"):
+            _positive(getattr(self, name), f"data.responses.{name}")
+        _check(self.n_prompts >= len(self.tasks), "data.responses.n_prompts",
+               f"must be at least the number of tasks ({len(self.tasks)}), got {self.n_prompts}")
+        _check(self.temperature >= 0 and self.temperature != float("inf"), "data.responses.temperature",
+               f"must be a finite number >= 0 (0 = greedy answers), got {self.temperature!r}")
+
+    def to_settings(self) -> Any:
+        from scylla.data.responses import ResponseSettings
+
+        return ResponseSettings(tasks=tuple(self.tasks), n_prompts=self.n_prompts, prompt_tokens=self.prompt_tokens,
+                                max_new_tokens=self.max_new_tokens, temperature=float(self.temperature),
+                                seed=self.seed, batch_size=self.batch_size)
+
+
+DATA_SOURCES = ("corpus", "responses")
+
+
+@dataclass
 class DataConfig:
-    """Training corpora (registry names of `scylla.data.corpora.load_corpus`) and per-corpus loader options."""
+    """Training corpora (registry names of `scylla.data.corpora.load_corpus`) and per-corpus loader options.
+
+    ``source`` is the data-source axis of the drafts: ``corpus`` trains them on ``corpora``;
+    ``responses`` on the target's own answers to training-split chat requests (``responses``). The
+    tokenizer and a self-trained target always use ``corpora``."""
 
     corpora: list[str] = field(default_factory=lambda: ["pycode", "shakespeare", "kjv"])
     corpus_options: dict[str, Any] = field(default_factory=dict)
+    source: str = "corpus"
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
 
     def __post_init__(self) -> None:
         _check(len(self.corpora) > 0, "data.corpora", "list at least one corpus (e.g. [pycode, shakespeare, kjv])")
         _check(len(set(self.corpora)) == len(self.corpora), "data.corpora", f"has duplicates: {list(self.corpora)}")
         unknown = set(self.corpus_options) - set(self.corpora)
         _check(not unknown, "data.corpus_options", f"options for corpora not in data.corpora: {sorted(unknown)}")
+        _check(self.source in DATA_SOURCES, "data.source", f"unknown source {self.source!r}; use one of {list(DATA_SOURCES)}")
 
 
 @dataclass
@@ -459,6 +505,13 @@ class ScyllaConfig:
             _check(self.target.source in ("pretrained", "gguf"), "tokenizer.kind",
                    f"{self.tokenizer.kind} only fits a pretrained or GGUF target (target.source=pretrained|gguf); "
                    "a preset target trains with tokenizer=bpe or byte")
+        if self.data.source == "responses":
+            _check(self.target.source in ("pretrained", "gguf"), "data.source",
+                   "responses are the target's answers to chat requests: they need a pretrained or GGUF target with "
+                   "a chat template (target=smollm2); use data.source=corpus for a preset target")
+            _check(self.draft.family not in ("mtp", "ngram"), "data.source",
+                   f"draft.family={self.draft.family} does not train on the target's responses (mtp is its own "
+                   "target; ngram trains nothing); use data.source=corpus")
         # A batch larger than the prompts would decode fewer rows than its label says and feed the batch law.
         big = [b for b in self.decode.batch_sizes if b > self.eval.n_prompts]
         _check(not big, "decode.batch_sizes",

@@ -69,6 +69,14 @@ def check_job(cfg: Any, tokenizer: Any) -> None:
     """Length and vocabulary checks that need the tokenizer or a pretrained target's config."""
     from scylla.config import ConfigError
 
+    if cfg.data.source == "responses":  # chat requests need the template before the target generates
+        from scylla.data.corpora import CorpusError
+        from scylla.data.tasks import chat_template_of
+
+        try:
+            chat_template_of(tokenizer, "data.source=responses")
+        except CorpusError as err:
+            raise ConfigError(f"data.source: {err}") from None
     if cfg.target.source != "pretrained":
         return  # a preset target is built from this tokenizer's vocabulary
     hf = _pretrained_config(str(cfg.target.path))

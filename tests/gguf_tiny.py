@@ -14,12 +14,12 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tiny_llama(vocab_size: int = 300, seed: int = 0) -> torch.nn.Module:
+def tiny_llama(vocab_size: int = 300, seed: int = 0, max_positions: int = 128) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                       rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.2)
     return LlamaForCausalLM(cfg).eval()
 

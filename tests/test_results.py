@@ -22,7 +22,7 @@ CONTRACT = [
     "accepted", "steps", "generated_tokens", "target_forwards", "draft_forwards", "draft_seconds", "verify_seconds",
     "wall_seconds", "alpha", "tau", "tokens_per_second", "baseline_tokens_per_second", "speedup", "c",
     "draft_step_seconds", "target_step_seconds", "verify_step_seconds", "draft_val_loss", "target_val_loss",
-    "prompt_accepted", "prompt_drafted", "prompt_steps", "corpus_manifest_hash", "code_version",
+    "prompt_accepted", "prompt_drafted", "prompt_steps", "corpus_manifest_hash", "code_version", "data_source",
 ]
 
 

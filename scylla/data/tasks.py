@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from scylla.data.corpora import CorpusError, load_corpus
 
-__all__ = ["Task", "TASKS", "CHAT_KINDS", "register_task", "eval_prompts", "chat_template_of"]
+__all__ = ["Task", "TASKS", "CHAT_KINDS", "register_task", "eval_prompts", "chat_prompts", "chat_template_of"]
 
 
 class _Encoder(Protocol):
@@ -80,7 +80,7 @@ def eval_prompts(task: str, tokenizer: _Encoder, n_prompts: int, prompt_tokens: 
         raise CorpusError(f"min_tokens must lie in [1, prompt_tokens={prompt_tokens}], got {lo}")
     spec = TASKS[task]
     if spec.chat is not None:
-        return _chat_prompts(spec, tokenizer, n_prompts, prompt_tokens, seed)
+        return chat_prompts(task, tokenizer, n_prompts, prompt_tokens, seed)
     corpus = load_corpus(spec.corpus, **spec.corpus_options)
     docs = corpus.eval
     rng = random.Random(f"{task}:{seed}:{corpus.manifest_hash}")
@@ -190,13 +190,21 @@ def _chat_request(spec: Task, doc: str, tokenizer: _Encoder, budget: int, rng: r
     raise CorpusError(f"task {spec.name!r}: unknown chat kind {spec.chat!r}; use one of {list(CHAT_KINDS)}")
 
 
-def _chat_prompts(spec: Task, tokenizer: Any, n_prompts: int, prompt_tokens: int, seed: int) -> list[list[int]]:
-    """Chat prompts: a request about an eval-split passage of at most ``prompt_tokens`` tokens, rendered
-    with the tokenizer's chat template (generation prompt included, so the target starts its answer)."""
+def chat_prompts(task: str, tokenizer: Any, n_prompts: int, prompt_tokens: int, seed: int = 0,
+                 split: str = "eval") -> list[list[int]]:
+    """Chat prompts: a request about a passage of ``split`` of at most ``prompt_tokens`` tokens, rendered
+    with the tokenizer's chat template (generation prompt included, so the target starts its answer).
+
+    ``split="eval"`` gives the task's evaluation prompts; ``split="train"`` gives requests about training
+    documents only, for generating the target's own responses as draft training data
+    (`scylla.data.responses`), which then never share a passage with an evaluation prompt."""
+    if task not in TASKS or TASKS[task].chat is None:
+        raise CorpusError(f"{task!r} is not a chat task; chat tasks: {sorted(t for t, s in TASKS.items() if s.chat)}")
+    spec = TASKS[task]
     hf = chat_template_of(tokenizer, spec.name)
     corpus = load_corpus(spec.corpus, **spec.corpus_options)
-    docs = corpus.eval
-    rng = random.Random(f"{spec.name}:{seed}:{corpus.manifest_hash}")
+    docs = corpus.split(split)
+    rng = random.Random(f"{spec.name}:{seed}:{corpus.manifest_hash}" + ("" if split == "eval" else f":{split}"))
     order = list(range(len(docs)))
     rng.shuffle(order)
     prompts: list[list[int]] = []
@@ -208,7 +216,7 @@ def _chat_prompts(spec: Task, tokenizer: Any, n_prompts: int, prompt_tokens: int
         if request is None:
             misses += 1
             if misses > 4 * len(order):
-                raise CorpusError(f"task {spec.name!r}: no eval document of {spec.corpus!r} yields a request "
+                raise CorpusError(f"task {spec.name!r}: no {split} document of {spec.corpus!r} yields a request "
                                   f"within prompt_tokens={prompt_tokens}; raise prompt_tokens")
             continue
         text = hf.apply_chat_template([{"role": "user", "content": request}], tokenize=False,

@@ -120,17 +120,45 @@ class JobContext:
     eos_token_id: Optional[int] = None
     # What the measurement stage adds to the record besides its rows (probes, continuation keys, checks).
     record_extra: dict[str, Any] = field(default_factory=dict)
+    # The target's answers used as draft training data (data.source=responses), once built.
+    responses: Any = None
 
     def train_config(self) -> Any:
         return self.cfg.train.to_train_config(threads=self.threads)
+
+    def training_corpora(self, role: str) -> tuple[list[str], Optional[dict[str, Any]]]:
+        """(corpus names, loader options) a model of ``role`` trains on: ``data.corpora``, or for drafts
+        with ``data.source=responses`` the target's own answers (`scylla.data.responses`), generated on
+        first use and cached for every job of the target."""
+        d = self.cfg.data
+        if role == "target" or d.source == "corpus":
+            return list(d.corpora), dict(d.corpus_options) or None
+        if self.responses is None:
+            from scylla.data.responses import target_responses
+            from scylla.measure.continuations import model_fingerprint
+
+            if self.target is None:
+                raise ConfigError("data.source=responses needs the job's target to generate them")
+            self.responses = target_responses(
+                self.target.model, self.tokenizer, d.responses.to_settings(), self.cache_dir,
+                target_key=model_fingerprint(self.target.model), eos_token_id=self.eos_token_id,
+                progress=self.progress)
+        return [self.responses.corpus_name], None
+
+    def data_info(self) -> dict[str, Any]:
+        """What a draft's record says about its training data (the data-source axis)."""
+        if self.cfg.data.source == "corpus":
+            return {"data_source": "corpus", "corpora": list(self.cfg.data.corpora)}
+        return {"data_source": "responses", "responses": self.responses.describe() if self.responses else None}
 
     def train(self, role: str, spec: Any, budgets: list[int], **kwargs: Any) -> dict[int, Path]:
         """Train (or reuse) one model size at ``budgets`` through the locked checkpoint cache."""
         from scylla.training.trainer import train_budgets
 
+        corpora, options = self.training_corpora(role)
         return train_budgets(
-            spec, list(self.cfg.data.corpora), self.tokenizer, budgets, self.train_config(), self.cache_dir,
-            progress=self.progress, corpus_options=dict(self.cfg.data.corpus_options) or None,
+            spec, corpora, self.tokenizer, budgets, self.train_config(), self.cache_dir,
+            progress=self.progress, corpus_options=options,
             logger=lambda event: self.tracker.log_train(role, event), device=self.device, **kwargs,
         )
 
@@ -228,14 +256,14 @@ def _llama_draft(ctx: JobContext) -> PreparedModel:
         from scylla.models.reduced import reduced_vocab_factory
 
         target_size = spec.vocab_size if ctx.target is None else int(ctx.target.model.get_input_embeddings().num_embeddings)
+        corpora, options = ctx.training_corpora("draft")
         kwargs["model_factory"], vocab_info = reduced_vocab_factory(
-            ctx.tokenizer, list(ctx.cfg.data.corpora), dict(ctx.cfg.data.corpus_options) or None, ctx.cache_dir,
-            int(d.vocab_size), target_size, seed=ctx.cfg.train.seed)
+            ctx.tokenizer, corpora, options, ctx.cache_dir, int(d.vocab_size), target_size, seed=ctx.cfg.train.seed)
     paths = ctx.train("draft", spec, d.budgets, **kwargs)  # the sweep's budgets: one shared branched run
     model, prov = load_checkpoint(paths[d.tokens], device=ctx.device)
     info = _model_info(model, prov, paths[d.tokens])
     info.update(name=d.name, family="llama", d_model=d.d_model, n_layers=d.n_layers, n_heads=d.n_heads,
-                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, **vocab_info)
+                ffn_dim=spec.ffn, tokens=d.tokens, token_budgets=d.budgets, **vocab_info, **ctx.data_info())
     return PreparedModel(model, info)
 
 

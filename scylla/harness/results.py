@@ -38,7 +38,7 @@ RECORD_SUFFIX = ".json"
 JOB_COLUMNS = [
     "run_id", "experiment", "family", "draft_name", "draft_params", "draft_params_non_embedding",
     "draft_n_layers", "draft_d_model", "draft_n_heads", "draft_ffn_dim", "draft_tokens", "target_name",
-    "target_params", "target_params_non_embedding", "draft_val_loss", "target_val_loss",
+    "target_params", "target_params_non_embedding", "draft_val_loss", "target_val_loss", "data_source",
 ]
 PROVENANCE_COLUMNS = ["corpus_manifest_hash", "code_version", "device", "threads", "created_at", "record_path"]
 COLUMNS = JOB_COLUMNS + MEASUREMENT_COLUMNS + PROVENANCE_COLUMNS
@@ -193,6 +193,7 @@ def record_rows(record: dict[str, Any], part: str = "measurements") -> list[dict
         "target_params": target.get("params"),
         "target_params_non_embedding": target.get("params_non_embedding"),
         "target_val_loss": _nan(target.get("val_loss")),
+        "data_source": draft.get("data_source", "corpus"),
         "corpus_manifest_hash": prov.get("corpus_manifest_hash"),
         "code_version": prov.get("code_version"),
         "device": prov.get("device"),
