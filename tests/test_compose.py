@@ -6,7 +6,10 @@ import pytest
 
 from scylla.decode.stats import DecodeStats
 from scylla.decode.tree import TreeSpec
-from scylla.measure.compose import predict_seconds, predict_speedup, required_widths, step_plan
+import numpy as np
+
+from scylla.measure.compose import (CostDraws, predict_seconds, predict_seconds_draws, predict_speedup,
+                                   required_widths, step_plan)
 from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe, probe_forwards, probe_overhead, probe_prefill
 from scylla.testing import random_prompts, tiny_llama
 
@@ -56,6 +59,26 @@ def test_predicted_seconds_replay_the_ragged_batch():
     assert chain == pytest.approx(expect)
     with pytest.raises(KeyError, match="width 9"):
         table.time("target", "decode", 9, 1)
+
+
+@pytest.mark.parametrize("shape", ["chain:0", "chain:2", "static:2x1"])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_vectorised_replay_equals_the_scalar_one(shape: str, batch: int):
+    """The interval's K-draw replay must price a draw exactly as `predict_seconds` prices one table,
+    with ragged and fractional (temperature > 0 expectation) step counts, beyond the probed batch sizes too."""
+    probes, overheads = _table(batches=(1, 3))
+    probes += [_probe("target", "tree", 5, b, 0.011 + 0.005 * b) for b in (1, 3)]
+    probes += [_probe("draft", "tree", 2, b, 0.003) for b in (1, 3)]
+    plan = step_plan(TreeSpec.parse(shape), shape != "chain:0")
+    steps = [3, 1, 4.5, 2, 0.4, 6]
+    for summary in ("median", "best"):
+        table = CostTable(probes, overheads, summary)
+        want = predict_seconds(steps, batch, table, plan, 0.3)
+        got = predict_seconds_draws(np.asarray([steps]), batch, CostDraws(probes, overheads, summary=summary), plan, 0.3)
+        assert got.shape == (1,) and got[0] == pytest.approx(want, rel=1e-12)
+    draws = CostDraws(probes, overheads, rng=np.random.default_rng(0), n_draws=64)
+    many = predict_seconds_draws(np.tile(steps, (64, 1)), batch, draws, plan, 0.3)
+    assert many.shape == (64,) and many.std() > 0  # probe repeats resampled per draw
 
 
 def test_predicted_speedup_and_its_interval_on_known_costs():
