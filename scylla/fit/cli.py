@@ -29,6 +29,7 @@ from .cost import fit_cost_model
 from .inputs import check_arguments, drop_non_finite
 from .mtp import mtp_rows, mtp_summary, mtp_table
 from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
+from .shape import best_shape_per_batch
 
 __all__ = ["load_table", "fit_results", "main"]
 
@@ -254,6 +255,10 @@ def _fit_llama(llama: pd.DataFrame, acc: pd.DataFrame, out: Path, compare: Any, 
             fits["speedup_vs_batch/log_linear"] = res
             data_for["speedup_vs_batch/log_linear"] = best
             notes.append(f"speedup_vs_batch: measured speedups of {cfg[0]} at {cfg[1]:.3g} tokens, best gamma per batch")
+    if {"speedup", "batch_size", "gamma"} <= set(llama.columns) and llama["speedup"].notna().any():
+        cfg = llama.groupby(["draft_name", "draft_tokens"])["speedup"].mean().idxmax()
+        _fit_best_shape(llama[(llama["draft_name"] == cfg[0]) & (llama["draft_tokens"] == cfg[1])], out, fits,
+                        data_for, notes, kw, f"{cfg[0]} at {cfg[1]:.3g} tokens")
     # drafts' own LM loss: Chinchilla law, and whether loss predicts acceptance
     if "draft_val_loss" in acc.columns and acc["draft_val_loss"].notna().all():
         res = _fit_safe(acc, "chinchilla", ["draft_params", "draft_tokens"], "draft_val_loss", notes,
@@ -295,6 +300,27 @@ def _fit_llama(llama: pd.DataFrame, acc: pd.DataFrame, out: Path, compare: Any, 
     except FitError as exc:
         notes.append(f"recommendation skipped: {exc}")
     return rec
+
+
+def _fit_best_shape(rows: pd.DataFrame, out: Path, fits: dict[str, FitResult], data_for: dict[str, pd.DataFrame],
+                    notes: list[str], kw: dict[str, Any], what: str) -> None:
+    """The batch-size law of the draft's shape: best chain length and best verified tree size against
+    ln batch size (`scylla.fit.shape`), with the per-batch table written beside the fits."""
+    shapes = best_shape_per_batch(rows)
+    shapes.to_csv(out / "best_shape_per_batch.csv", index=False)
+    if len(shapes) < 3:
+        notes.append(f"best shape vs batch: {len(shapes)} batch size(s) measured; a law needs 3 (table in "
+                     "best_shape_per_batch.csv)")
+        return
+    for y in ("best_gamma", "best_nodes"):
+        if shapes[y].nunique() < 2:
+            notes.append(f"{y}_vs_batch: {y} = {int(shapes[y].iloc[0])} at every batch size ({what}); no law to fit")
+            continue
+        res = _fit_safe(shapes, "log_linear", "batch_size", y, notes, **kw)
+        if res is not None:
+            fits[f"{y}_vs_batch/log_linear"] = res
+            data_for[f"{y}_vs_batch/log_linear"] = shapes
+            notes.append(f"{y}_vs_batch: {what}; 0 means no shape beats plain decoding at that batch size")
 
 
 def _fit_mtp(mtp: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[str, FitResult],
