@@ -33,6 +33,8 @@ __all__ = [
     "PathsConfig",
     "RuntimeConfig",
     "AxesConfig",
+    "StudyConfig",
+    "StudyPart",
     "ScyllaConfig",
     "DRAFT_FAMILIES",
     "config_dir",
@@ -475,6 +477,40 @@ class AxesConfig:
 
 
 @dataclass
+class StudyPart:
+    """One part of a study (`scylla.harness.study`): every draft preset in ``drafts`` at every budget in
+    ``tokens`` (one branched training run per draft), with ``overrides`` applied to each of its jobs."""
+
+    name: str = "grid"
+    drafts: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        key = f"study.parts[{self.name}]"
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name)), key, "name it with letters, digits, '-', '_', '.'")
+        _check(len(self.drafts) > 0 and len(set(self.drafts)) == len(self.drafts), f"{key}.drafts",
+               f"list distinct draft presets, got {list(self.drafts)}")
+        _check(len(self.tokens) > 0 and all(t >= 1 for t in self.tokens) and len(set(self.tokens)) == len(self.tokens),
+               f"{key}.tokens", f"list distinct positive token budgets, got {list(self.tokens)}")
+        bad = [o for o in self.overrides if "=" not in o or o.split("=", 1)[0].strip() in ("draft", "draft.tokens",
+                                                                                           "draft.token_budgets")]
+        _check(not bad, f"{key}.overrides", f"{bad}: give key=value overrides other than the part's draft and tokens")
+
+
+@dataclass
+class StudyConfig:
+    """The parts of a study; empty: one part, ``axes.drafts`` x ``axes.tokens``. Not part of a job's
+    identity: a job measured by one study is reused by any other that runs it."""
+
+    parts: list[StudyPart] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.parts]
+        _check(len(set(names)) == len(names), "study.parts", f"part names must be distinct, got {names}")
+
+
+@dataclass
 class ScyllaConfig:
     """One job: which target and draft, how they are trained, and how decoding is measured."""
 
@@ -489,6 +525,7 @@ class ScyllaConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     axes: AxesConfig = field(default_factory=AxesConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     experiment: str = "default"
     seed: int = 0
 
@@ -769,6 +806,8 @@ def identity(cfg: DictConfig | ScyllaConfig, device: str) -> dict[str, Any]:
     # Which budgets train together is scheduling, not measurement: a budget's checkpoint is the
     # same whichever other budgets share its run (WSD branches off one trunk).
     ident["draft"] = {k: v for k, v in ident["draft"].items() if k != "token_budgets"}
+    if ident["data"].get("source", "corpus") == "corpus":  # as before the data-source axis existed
+        ident["data"] = {k: v for k, v in ident["data"].items() if k not in ("source", "responses")}
     ident["train"] = {k: v for k, v in ident["train"].items() if k not in _TRAIN_NON_KEY}
     ident["device"] = device.split(":")[0]
     return ident

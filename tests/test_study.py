@@ -63,3 +63,27 @@ def test_study_bad_input_is_one_clear_error(python: str, study_env: dict[str, st
     assert bad.returncode == 2
     assert "draft.tokens" in bad.stderr and "Traceback" not in bad.stderr
     assert not out.exists()
+
+
+def test_a_study_plan_runs_its_parts_and_checks_every_job_first() -> None:
+    from scylla.config import ConfigError
+    from scylla.harness.study import part_commands, study_plan
+
+    parts = ("study.parts=[{name: widths, drafts: [tiny1, tiny2], tokens: [4096, 2048]},"
+             "{name: fast, drafts: [tiny1], tokens: [2048], overrides: ['train.lr=0.001']}]")
+    plan = study_plan("smoke", [parts])
+    assert [(j.part, j.draft, j.tokens) for j in plan] == [
+        ("widths", "tiny1", 2048), ("widths", "tiny1", 4096), ("widths", "tiny2", 2048), ("widths", "tiny2", 4096),
+        ("fast", "tiny1", 2048)]
+    assert len({j.run_id for j in plan}) == 5  # train.lr is part of a job's identity
+    assert plan[0].run_id == study_plan("smoke", [])[0].run_id  # same job as the default grid's
+    widths = [j for j in plan if j.part == "widths"]
+    assert part_commands(widths, parallel=False) == [
+        ["draft=tiny1,tiny2", "draft.token_budgets=[2048,4096]", "draft.tokens=2048,4096"]]
+    assert part_commands(widths, parallel=True)[0][-1] == "draft.tokens=4096"  # train each size first
+    assert part_commands([plan[-1]], parallel=False) == [
+        ["draft=tiny1", "draft.token_budgets=[2048]", "train.lr=0.001", "draft.tokens=2048"]]
+    with pytest.raises(ConfigError, match=r"study.parts\[bad\].overrides"):
+        study_plan("smoke", ["study.parts=[{name: bad, drafts: [tiny1], tokens: [2048], overrides: ['draft=tiny2']}]"])
+    with pytest.raises(ConfigError, match="draft.tokens"):
+        study_plan("smoke", ["study.parts=[{name: small, drafts: [tiny1], tokens: [10]}]"])

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +34,7 @@ import pandas as pd
 
 from scylla.config import ConfigError, compose, validate
 
-__all__ = ["main", "export_table", "write_report", "headline_laws"]
+__all__ = ["main", "export_table", "write_report", "headline_laws", "study_plan", "part_commands", "StudyJob"]
 
 # Columns that are machine-local or bulky: left out of the committed table.
 _DROP = ("record_path", "prompt_accepted", "prompt_drafted", "prompt_steps")
@@ -186,6 +187,55 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
     return path
 
 
+@dataclass(frozen=True)
+class StudyJob:
+    """One job of a study: its part, draft preset, budget, the overrides that make it, and its record key."""
+
+    part: str
+    draft: str
+    tokens: int
+    budgets: tuple[int, ...]
+    overrides: tuple[str, ...]
+    run_id: str
+
+
+def study_plan(experiment: str, overrides: list[str]) -> list[StudyJob]:
+    """Every job of a study, part by part: ``study.parts`` of the experiment, or one part over
+    ``axes.drafts`` x ``axes.tokens`` when it lists none. Each job is composed and validated here, so a
+    bad value anywhere stops the study before anything runs."""
+    from scylla.config import StudyPart, config_hash
+    from scylla.harness.pipeline import resolve_device
+
+    base = validate(compose([f"experiment={experiment}", *overrides]))
+    parts = list(base.study.parts) or [StudyPart("grid", list(base.axes.drafts), list(base.axes.tokens))]
+    device = resolve_device(base.runtime.device)
+    jobs = []
+    for part in parts:
+        budgets = tuple(sorted(int(t) for t in part.tokens))
+        for draft in part.drafts:
+            for tokens in budgets:
+                extra = (f"draft={draft}", f"draft.tokens={tokens}",
+                         "draft.token_budgets=[" + ",".join(map(str, budgets)) + "]", *part.overrides)
+                cfg = compose([f"experiment={experiment}", *overrides, *extra])
+                jobs.append(StudyJob(part.name, draft, tokens, budgets, tuple(extra), config_hash(cfg, device)))
+    return jobs
+
+
+def part_commands(jobs: list[StudyJob], *, parallel: bool) -> list[list[str]]:
+    """The Hydra multirun overrides that run a part's jobs. With a parallel launcher, every draft first
+    trains all its budgets in one job at its largest budget (so workers train different sizes instead of
+    waiting on one size's lock), then the rest only load checkpoints and measure."""
+    drafts = list(dict.fromkeys(j.draft for j in jobs))
+    budgets = jobs[0].budgets
+    common = ["draft=" + ",".join(drafts), "draft.token_budgets=[" + ",".join(map(str, budgets)) + "]",
+              *jobs[0].overrides[3:]]
+    stages = []
+    if parallel and len(budgets) > 1:
+        stages.append([*common, f"draft.tokens={max(budgets)}"])
+    stages.append([*common, "draft.tokens=" + ",".join(map(str, budgets))])
+    return stages
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="scylla-study", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -202,47 +252,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
 
-    from scylla.harness.demo import grid_run_ids
     from scylla.harness.pipeline import resolve_path
 
     try:
         cfg = compose([f"experiment={args.experiment}", *args.overrides])
         job = validate(cfg)
-        expected = grid_run_ids(args.experiment, args.overrides)
+        plan = study_plan(args.experiment, args.overrides)
     except ConfigError as err:
         print(f"scylla-study: error: {err}", file=sys.stderr)
         return 2
+    expected = {j.run_id: j for j in plan}
     results_dir = resolve_path(job.paths.results_dir)
     out = Path(args.out) if args.out else resolve_path(f"experiments/{args.name}")
     done = [rid for rid in expected if (results_dir / f"{rid}.json").is_file()]
-    axes = job.axes
-    _log(f"{len(expected)} jobs (drafts {list(axes.drafts)} x budgets {list(axes.tokens)}), batch sizes "
-         f"{list(axes.batch_sizes)}, tasks {list(job.eval.tasks)}; {len(done)} already done in {results_dir}")
+    parts = list(dict.fromkeys(j.part for j in plan))
+    _log(f"{len(expected)} jobs in {len(parts)} part(s) {parts}, batch sizes {list(job.decode.batch_sizes)}, "
+         f"tasks {list(job.eval.tasks)}; {len(done)} already done in {results_dir}")
 
     sweep_seconds = None
     if not args.fit_only and len(done) < len(expected):
         launcher = [f"hydra/launcher={args.launcher}"] if args.launcher != "basic" else []
-        budgets = "[" + ",".join(str(t) for t in axes.tokens) + "]"
-        batches = "[" + ",".join(str(b) for b in axes.batch_sizes) + "]"
-        # Stage 1 trains every draft size in its own job (all budgets in one branched run) and measures
-        # its largest budget: exactly the grid's jobs at that budget. Run first, so that parallel workers
-        # train different sizes instead of waiting on one size's training lock. Stage 2 is the grid:
-        # its remaining jobs only load checkpoints and evaluate.
-        stages = [
-            ["sweep=capacity", f"draft.tokens={max(axes.tokens)}", f"draft.token_budgets={budgets}",
-             f"decode.batch_sizes={batches}"],
-            ["sweep=grid"],
-        ]
         t0 = time.perf_counter()
-        for stage in stages:
-            cmd = [sys.executable, "-m", "scylla.harness.run", "-m", f"experiment={args.experiment}", *stage,
-                   *args.overrides, *launcher]
-            _log("$ " + " ".join(cmd))
-            code = subprocess.call(cmd)
-            if code != 0:
-                print(f"scylla-study: error: the sweep failed (exit {code}); re-run the same command to resume it "
-                      "(finished jobs are kept and skipped)", file=sys.stderr)
-                return code
+        for part in parts:
+            jobs = [j for j in plan if j.part == part]
+            if all((results_dir / f"{j.run_id}.json").is_file() for j in jobs):
+                _log(f"part {part}: all {len(jobs)} jobs done")
+                continue
+            for stage in part_commands(jobs, parallel=args.launcher != "basic"):
+                cmd = [sys.executable, "-m", "scylla.harness.run", "-m", f"experiment={args.experiment}", *stage,
+                       *args.overrides, *launcher]
+                _log(f"part {part}: $ " + " ".join(cmd))
+                code = subprocess.call(cmd)
+                if code != 0:
+                    print(f"scylla-study: error: part {part} failed (exit {code}); re-run the same command to "
+                          "resume it (finished jobs are kept and skipped)", file=sys.stderr)
+                    return code
         sweep_seconds = time.perf_counter() - t0
 
     from scylla.fit.cli import fit_results
@@ -274,15 +318,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     command = "make study" if args.name == "reference" and not args.overrides else \
         "python -m scylla.harness.study " + " ".join([f"--name {args.name}", *args.overrides])
-    settings = {
-        "target": f"{job.target.name} (d_model {job.target.d_model}, {job.target.n_layers} layers, "
-                  f"{job.target.tokens:,} tokens)",
-        "drafts": ", ".join(axes.drafts), "token budgets": ", ".join(f"{t:,}" for t in axes.tokens),
-        "batch sizes": ", ".join(map(str, axes.batch_sizes)), "tasks": ", ".join(job.eval.tasks),
-        "gamma (draft LMs)": job.decode.gamma, "prompts per task": job.eval.n_prompts,
+    target = (f"{job.target.name} ({job.target.source}: {job.target.gguf_file or job.target.path})"
+              if job.target.source != "preset" else
+              f"{job.target.name} (d_model {job.target.d_model}, {job.target.n_layers} layers, {job.target.tokens:,} tokens)")
+    settings = {"target": target}
+    for part in parts:
+        jobs = [j for j in plan if j.part == part]
+        extra = " ".join(jobs[0].overrides[3:])
+        settings[f"part {part}"] = (f"drafts {', '.join(dict.fromkeys(j.draft for j in jobs))} x token budgets "
+                                    f"{', '.join(f'{t:,}' for t in jobs[0].budgets)}" + (f" ({extra})" if extra else ""))
+    shapes = [f"chain:{g}" for g in (job.decode.gammas or [job.decode.gamma])] + list(job.decode.trees)
+    settings.update({
+        "draft shapes (every job)": ", ".join(shapes), "batch sizes": ", ".join(map(str, job.decode.batch_sizes)),
+        "tasks": ", ".join(job.eval.tasks), "prompts per task": job.eval.n_prompts,
         "prompt tokens": job.eval.prompt_tokens, "new tokens per prompt": job.decode.max_new_tokens,
-        "temperature": job.decode.temperature, "jobs with records": f"{len(paths)} of {len(expected)}",
-    }
+        "temperature": job.decode.temperature, "acceptance": job.decode.method,
+        "jobs with records": f"{len(paths)} of {len(expected)}",
+    })
     write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds,
                  name=out.name)
     if out.exists():
