@@ -26,7 +26,7 @@ from scylla.decode.tree import TreeSpec
 from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe
 
 __all__ = ["StepPlan", "step_plan", "predict_seconds", "predict_speedup", "steady_state_speedup",
-           "required_widths"]
+           "required_widths", "full_accept_rate", "step_cost_terms"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,21 @@ def predict_speedup(stats: DecodeStats, batch: int, probes: Sequence[ForwardProb
             "verify_step_seconds": table.time("target", plan.target_kind, plan.target_width, batch),
             "draft_step_seconds": table.time("draft", "decode", 1, batch) if plan.has_draft else 0.0,
             "overhead_step_seconds": table.overhead(batch, plan.draft_forwards)}
+
+
+def full_accept_rate(stats: DecodeStats) -> float:
+    """Share of steps whose whole draft was accepted: the draft's next first forward is then two tokens
+    wide (it also feeds the unfed deepest accepted token)."""
+    return _full_accept_rate(stats)
+
+
+def step_cost_terms(plan: StepPlan, full_accept_rate: float = 0.0) -> list[tuple[str, str, int, float]]:
+    """The forwards one step of ``plan`` runs, as ``(role, kind, width, weight)``: the per-step time is
+    ``sum(weight * time(role, kind, width, b)) + overhead(b, plan.draft_forwards)``, exactly what
+    `predict_seconds` adds up per step. Vectorised pricing (many draws, shapes and batch sizes at
+    once, `scylla.fit.serving`) builds on it so both price a step the same way."""
+    terms = [("target", plan.target_kind, plan.target_width, 1.0)]
+    if plan.has_draft:
+        terms += [("draft", "decode", 1, 1.0 - full_accept_rate), ("draft", "decode", 2, full_accept_rate)]
+        terms += [("draft", kind, w, 1.0) for w, kind in plan.draft_blocks]
+    return [t for t in terms if t[3] != 0.0]
