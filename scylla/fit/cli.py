@@ -248,7 +248,8 @@ def _fit_llama(llama: pd.DataFrame, acc: pd.DataFrame, out: Path, compare: Any, 
         # the per-token acceptance probability is what the speedup formulas take: the recommendation's law
         joint = compare("alpha_token_joint", acc, JOINT_FORMS, ["draft_tokens", "draft_params"], "alpha_token")
     # the batch-size law: measured speedup of the best measured draft, best gamma per batch size
-    if {"speedup", "batch_size"} <= set(llama.columns) and llama["batch_size"].nunique() >= 3:
+    if ({"speedup", "batch_size"} <= set(llama.columns) and llama["batch_size"].nunique() >= 3
+            and pd.to_numeric(llama["speedup"], errors="coerce").notna().any()):
         cfg = llama.groupby(["draft_name", "draft_tokens"])["speedup"].mean().idxmax()
         best = llama[(llama["draft_name"] == cfg[0]) & (llama["draft_tokens"] == cfg[1])]
         best = best.groupby("batch_size", as_index=False)["speedup"].max()
