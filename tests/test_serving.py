@@ -99,6 +99,10 @@ def test_activity_histogram_prices_fractional_expected_steps_like_predict_second
         assert float(hist[1:] @ cost) + prefill == pytest.approx(predict_seconds(steps, b, table, plan), rel=1e-12)
     integer = serving.activity_histogram(np.array([[3, 1, 4, 1, 5]]), 2)  # chunks (3,1), (4,1), (5,)
     assert integer.tolist() == [[0.0, 2 + 3 + 5, 1 + 1]]
+    out = serving.recommend_cells([rec], n_boot=10, batch_sizes=[1, 4])  # the fractional path end to end
+    for j, b in enumerate([1, 4]):
+        ref = predict_speedup(_stats(rec["measurements"][0]["speculative"]), b, fp, op, n_boot=0)["speedup"]
+        assert out.speedup[0, 1, j] == pytest.approx(ref, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,6 +165,7 @@ def test_no_speculation_wins_when_every_draft_is_slow(tmp_path):
     for r in rec.per_batch:
         assert r["best"]["run_id"] is None and not r["speculation_pays"] and r["p_no_speculation_best"] > 0.99
     assert not any(rec.deploy[p]["speculation"] for p in serving.PROFILES)
+    assert all(rec.deploy[p]["p_best"] > 0.99 for p in serving.PROFILES)  # drafts that are never on do not tie
     paths = deploy.write_serving(rec, tmp_path / "serving")
     assert not (tmp_path / "serving" / "vllm_speculative_config.json").exists()
     assert "serve without speculation" in paths["markdown"].read_text()
@@ -309,6 +314,9 @@ def test_llama_emits_vllm_sglang_hydra_and_the_exported_folder(llama_checkpoint,
     monkeypatch.setenv("SCYLLA_CONFIG_DIR", str(configs))
     job = validate(compose([f"draft={name}"]))
     assert (job.draft.name, job.draft.d_model, job.draft.tokens) == (name, 32, 200000)
+    deploy.write_serving(rec, out, export=False)  # replaces the folder; configs point at the checkpoint
+    assert json.loads((out / "vllm_speculative_config.json").read_text())["model"] == str(llama_checkpoint)
+    assert not (out / "export").exists()
 
 
 def test_ngram_emits_settings_and_no_folder(tmp_path):

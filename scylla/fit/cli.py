@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--serving-pooling", choices=("time", "log"), default="time",
                    help="pool tasks by total plain time / total speculative time (default) or by mean ln S")
     g.add_argument("--no-export", action="store_true",
-                   help="do not copy the deployed draft's weights (the engine configs point at its checkpoint)")
+                   help="do not copy a llama draft's weights (the engine configs point at its checkpoint)")
     return p
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pandas as pd
+
 from scylla.decode.tree import TreeSpec
 
 from .serving import ServingError, ServingRecommendation, validation_cells
@@ -146,6 +148,7 @@ def export_llama(record: Mapping[str, Any], dest: Path) -> ExportResult:
             shutil.copy2(ckpt / "tokenizer" / name, dest / name)
             copied.append(name)
     result = ExportResult("llama", dest, {"vocab_size": config.get("vocab_size")})
+    _judge_llama(config, result)
     if config.get("draft_vocab_size") is not None:
         from safetensors import safe_open
 
@@ -155,6 +158,20 @@ def export_llama(record: Mapping[str, Any], dest: Path) -> ExportResult:
             ids = fh.get_tensor("draft_to_target")
         DraftVocab(ids, int(config["vocab_size"])).save(dest)
         copied.append("draft_vocab.safetensors")
+    from scylla.integrity import sha256_file
+
+    result.settings["files"] = copied
+    (dest / "scylla_export.json").write_text(json.dumps({
+        "run_id": record.get("run_id"), "family": "llama", "checkpoint": str(ckpt),
+        "draft": {k: v for k, v in (record.get("draft") or {}).items() if not isinstance(v, (dict, list))},
+        "sha256": {name: sha256_file(dest / name) for name in copied},
+        "servable": result.servable}, indent=2, default=str) + "\n")
+    return result
+
+
+def _judge_llama(config: Mapping[str, Any], result: ExportResult) -> None:
+    """Which engines can load a Llama checkpoint with this ``config.json``, and why not."""
+    if config.get("draft_vocab_size") is not None:
         note = _REDUCED_NOTE.format(vd=config["draft_vocab_size"], v=config["vocab_size"])
         result.settings["draft_vocab_size"] = int(config["draft_vocab_size"])
         result.servable = {"vllm": note, "sglang": note}
@@ -166,14 +183,15 @@ def export_llama(record: Mapping[str, Any], dest: Path) -> ExportResult:
         result.servable = {"vllm": None, "sglang": None}
         result.notes.append("a full-vocabulary LlamaForCausalLM: vLLM (method draft_model) and SGLang (STANDALONE) "
                             "load it next to the target, whose tokenizer and vocabulary it shares")
-    from scylla.integrity import sha256_file
 
-    result.settings["files"] = copied
-    (dest / "scylla_export.json").write_text(json.dumps({
-        "run_id": record.get("run_id"), "family": "llama", "checkpoint": str(ckpt),
-        "draft": {k: v for k, v in (record.get("draft") or {}).items() if not isinstance(v, (dict, list))},
-        "sha256": {name: sha256_file(dest / name) for name in copied},
-        "servable": result.servable}, indent=2, default=str) + "\n")
+
+def reference_llama(record: Mapping[str, Any]) -> ExportResult:
+    """A Llama draft left where it is (no copy): the engine configs point at the job's checkpoint."""
+    ckpt = _checkpoint(record)
+    result = ExportResult("llama", ckpt, {})
+    _judge_llama(json.loads((ckpt / "config.json").read_text()), result)
+    result.notes.append("not exported (--no-export): the configs point at the job's checkpoint folder, which also "
+                        "holds Scylla's provenance and training files")
     return result
 
 
@@ -270,7 +288,8 @@ def vllm_per_batch_config(choice: Mapping[str, Any], base: Mapping[str, Any]) ->
     return cfg
 
 
-def sglang_flags(choice: Mapping[str, Any], export: ExportResult, model_path: str | None) -> tuple[list[str], list[str]]:
+def sglang_flags(choice: Mapping[str, Any], export: ExportResult,
+                 model_path: str | None) -> tuple[list[str], list[str]]:
     """(``launch_server`` flags, notes) for the ``sglang`` deploy choice. Chains map exactly (steps = gamma,
     topk 1, gamma + 1 draft tokens); static trees map to the nearest SGLang tree (steps = depth, topk =
     widest branching, 1 + tree size draft tokens within what that expansion can hold), which SGLang
@@ -326,7 +345,7 @@ def write_serving(rec: ServingRecommendation, out_dir: str | os.PathLike, *, exp
     ``draft/<name>.yaml`` (Hydra draft group file per deployed draft), ``export/<name>/`` (the exported
     draft folder), ``vllm_speculative_config.json`` (+ ``.per_batch_size.json``) and ``sglang_flags.txt``
     when the chosen draft can be served by that engine. ``export=False`` skips the weight copies (the
-    configs then point at the job's checkpoint)."""
+    configs then point at a ``llama`` draft's checkpoint; other families are always exported)."""
     final = Path(out_dir).resolve()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -351,6 +370,7 @@ def write_serving(rec: ServingRecommendation, out_dir: str | os.PathLike, *, exp
 
 def _write_into(rec: ServingRecommendation, tmp: Path, final: Path, export: bool) -> dict[str, str]:
     written: dict[str, str] = {}
+    notes: list[str] = []  # what writing found (the recommendation itself is left unchanged)
     engines: dict[str, Any] = {}
     exports: dict[str, Any] = {}
     results: dict[str, ExportResult | ExportError] = {}
@@ -364,15 +384,10 @@ def _write_into(rec: ServingRecommendation, tmp: Path, final: Path, export: bool
         if name not in results:
             dest = tmp / "export" / name
             try:
-                if export or d["draft"]["family"] == "ngram":
+                if export or d["draft"]["family"] != "llama":
                     results[name] = export_draft(record, dest)
                 else:
-                    family = d["draft"]["family"]
-                    exporter_for(family)  # still says when a family has no exporter
-                    ckpt = (record.get("draft") or {}).get("checkpoint")
-                    results[name] = ExportResult(family, None if ckpt is None else Path(ckpt),
-                                                 {}, {"vllm": None, "sglang": None}, ["not exported (export=False): "
-                                                                                       "the configs point at the job's checkpoint"])
+                    results[name] = reference_llama(record)
             except ExportError as exc:
                 shutil.rmtree(dest, ignore_errors=True)
                 results[name] = exc
@@ -386,7 +401,7 @@ def _write_into(rec: ServingRecommendation, tmp: Path, final: Path, export: bool
                 yaml_path.write_text(hydra_draft_yaml(record, name, comments))
                 written[f"draft/{name}.yaml"] = f"draft/{name}.yaml"
             except (ValueError, TypeError) as exc:
-                rec.notes.append(f"draft/{name}.yaml not written: the job's draft node does not validate ({exc})")
+                notes.append(f"draft/{name}.yaml not written: the job's draft node does not validate ({exc})")
         res = results[name]
         if isinstance(res, ExportError):
             exports[name] = {"error": str(res)}
@@ -415,7 +430,8 @@ def _write_into(rec: ServingRecommendation, tmp: Path, final: Path, export: bool
                 _dump(tmp / "vllm_speculative_config.per_batch_size.json", dyn)
                 written["vllm_per_batch_size"] = "vllm_speculative_config.per_batch_size.json"
             engines["vllm"] = {"config": cfg, "per_batch_size_config": dyn, "source": VLLM_SOURCE,
-                               "usage": "vllm serve <target> --speculative-config \"$(cat vllm_speculative_config.json)\""}
+                               "usage": "vllm serve <target> --speculative-config "
+                                        "\"$(cat vllm_speculative_config.json)\""}
         else:
             flags, notes = sglang_flags(d, res, model)
             target = (record.get("target") or {}).get("path") or "<target model path>"
@@ -435,13 +451,13 @@ def _write_into(rec: ServingRecommendation, tmp: Path, final: Path, export: bool
         checks = [dataclasses.asdict(c) for c in validation_cells(rec)]
     except ServingError as exc:
         checks = []
-        rec.notes.append(f"no cells to check: {exc}")
+        notes.append(f"no cells to check: {exc}")
     summary = {**rec.to_dict(), "engines": engines, "exports": exports, "checks": checks}
+    summary["notes"] = summary["notes"] + notes
     _dump(tmp / "serving.json", summary)
-    (tmp / "serving.md").write_text(rec.to_markdown() + _engines_markdown(engines, exports, checks))
+    (tmp / "serving.md").write_text(rec.to_markdown() + _engines_markdown(engines, exports, checks)
+                                    + "".join(f"- {n}\n" for n in notes))
     rec.cells().to_csv(tmp / "cells.csv", index=False)
-    import pandas as pd
-
     pd.DataFrame(checks).to_csv(tmp / "checks.csv", index=False)
     written.update(json="serving.json", markdown="serving.md", cells="cells.csv", checks="checks.csv")
     return written

@@ -38,7 +38,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -209,14 +208,19 @@ def activity_histogram(steps: np.ndarray, batch: int) -> np.ndarray:
     rows = int(np.prod(lead)) if lead else 1
     flat = x.reshape(rows, chunks, batch)
     out = np.zeros((rows, batch + 2))
-    for i in range(rows):
-        a = np.clip(flat[i][..., None] - k, 0.0, 1.0).sum(axis=-2).ravel()  # active rows per forward
-        a = a[a > 0]
+    block = max(1, 2_000_000 // max(1, chunks * batch * k.size))  # bound the (rows, chunks, batch, steps) array
+    for start in range(0, rows, block):
+        part = flat[start:start + block]
+        a = np.clip(part[..., None] - k, 0.0, 1.0).sum(axis=-2).reshape(part.shape[0], -1)  # active rows per forward
         low = np.floor(np.maximum(a, 1.0)).astype(int)
         frac = np.where(a >= 1.0, a - low, 0.0)
         w_low = np.where(a >= 1.0, 1.0 - frac, a)  # a < 1: the step costs its share a of a 1-row forward
-        out[i] += np.bincount(low, w_low, minlength=batch + 2)[: batch + 2]
-        out[i] += np.bincount(np.minimum(low + 1, batch + 1), frac, minlength=batch + 2)[: batch + 2]
+        offset = (np.arange(part.shape[0]) * (batch + 2))[:, None]
+        size = part.shape[0] * (batch + 2)
+        hist = np.bincount((offset + low).ravel(), w_low.ravel(), minlength=size)
+        hist += np.bincount((offset + np.minimum(low + 1, batch + 1)).ravel(), frac.ravel(), minlength=size)
+        out[start:start + part.shape[0]] = hist.reshape(part.shape[0], batch + 2)
+    out[:, 0] = 0.0  # forwards with no active row (a = 0) cost nothing
     return out[:, : batch + 1].reshape(*lead, batch + 1)
 
 
@@ -296,7 +300,8 @@ class _Pricer:
                 + self.prefill(n_prompts, batch, self.plan(shape).has_draft))
 
 
-def _engine_seconds(entry: Mapping[str, Any], n_boot: int, seed: int, key: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _engine_seconds(entry: Mapping[str, Any], n_boot: int, seed: int,
+                    key: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(plain, speculative) seconds per draw of an engine-measured cell: its tokens over its tokens/s, the
     repeats resampled (jointly: they were interleaved) when the record kept them, else constant."""
     spec, base = entry.get("speculative") or {}, entry.get("baseline") or {}
@@ -364,22 +369,23 @@ class ServingRecommendation:
 
     def cells(self) -> pd.DataFrame:
         """One row per candidate and batch size: point speedup, interval, P(best) there and rank."""
-        rows = []
         q = 50 * (1 - self.level)
+        parts = []
         for j, b in enumerate(self.batch_sizes):
-            vals = np.log(self.speedup[:, :, j])
-            share = _win_shares(vals[1:]) if self.n_boot else np.full(vals.shape[1], np.nan)
-            order = np.argsort(-_finite(vals[0]), kind="stable")
-            rank = np.empty_like(order)
+            point = self.speedup[0, :, j]
+            frame = self.candidates.assign(batch_size=b, speedup=point)
+            if self.n_boot:
+                draws = self.speedup[1:, :, j]
+                with np.errstate(all="ignore"):
+                    lo, hi = np.nanpercentile(np.where(np.isfinite(draws), draws, np.nan), [q, 100 - q], axis=0)
+                frame = frame.assign(low=lo, high=hi, p_best=_win_shares(np.log(draws)))
+            else:
+                frame = frame.assign(low=point, high=point, p_best=np.nan)
+            order = np.argsort(-_finite(np.log(point)), kind="stable")
+            rank = np.empty(order.size, dtype=int)
             rank[order] = np.arange(1, order.size + 1)
-            for c, cand in self.candidates.iterrows():
-                point = float(self.speedup[0, c, j])
-                if not math.isfinite(point):
-                    continue
-                lo, hi = _interval(self.speedup[1:, c, j], q) if self.n_boot else (point, point)
-                rows.append({**cand.to_dict(), "batch_size": b, "speedup": point, "low": lo, "high": hi,
-                             "p_best": float(share[c]), "rank": int(rank[c])})
-        return pd.DataFrame(rows)
+            parts.append(frame.assign(rank=rank)[np.isfinite(point)])
+        return pd.concat(parts, ignore_index=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -399,16 +405,17 @@ class ServingRecommendation:
                f"{self.n_boot} paired bootstrap draws (prompts and probe repeats), {pct}% intervals. "
                f"{len(self.candidates) - 1} measured candidates and no speculation.", "",
                "## Best cell per serving batch size", "",
-               f"| batch | best | shape | speedup | {pct}% interval | P(best) | regret (ln S) | runner-up | speculation pays |",
+               f"| batch | best | shape | speedup | {pct}% interval | P(best) | regret (ln S) | runner-up "
+               "| speculation pays |",
                "|---:|---|---|---:|---|---:|---:|---|---|"]
         for r in self.per_batch:
             best, ru = r["best"], r.get("runner_up")
             runner = f"{_label(ru)} {ru['shape'] or ''} ({ru['speedup']:.3f})" if ru else "-"
             measured = " (measured)" if best["source"] == "engine" else ""
             pays = "yes" if r["speculation_pays"] else "no: serve without speculation"
-            out.append(f"| {r['batch_size']} | {_label(best)} | {best['shape'] or '-'} | {best['speedup']:.3f}{measured} "
-                       f"| [{best['low']:.3f}, {best['high']:.3f}] | {_fmt(r['p_best'])} | {_fmt(r['regret_log'], 4)} "
-                       f"| {runner} | {pays} |")
+            out.append(f"| {r['batch_size']} | {_label(best)} | {best['shape'] or '-'} "
+                       f"| {best['speedup']:.3f}{measured} | [{best['low']:.3f}, {best['high']:.3f}] "
+                       f"| {_fmt(r['p_best'])} | {_fmt(r['regret_log'], 4)} | {runner} | {pays} |")
         out += ["", "## One draft to deploy", "",
                 "Weighted mean of ln S over the serving batch sizes (weights "
                 + ", ".join(f"{w:.3g}" for w in self.weights) + ").", ""]
@@ -762,15 +769,16 @@ def _deploy(profile: str, S: np.ndarray, cands: list[_Cand], B: list[int], w: np
         for i in ok:
             runs.setdefault(cands[i].run_id, []).append(i)
         for run, idx in runs.items():
-            best = np.maximum(_finite(L[:, idx, :]).max(axis=1), 0.0)  # (D, nB): off if < 1
+            best = _finite(L[:, idx, :]).max(axis=1)  # (D, nB): its best shape per batch size
+            on = np.maximum(best, 0.0) @ w  # off where it does not pay
+            # a draft that pays nowhere is not "no speculation" (that option exists): it is on where it hurts least
+            values.append(np.where((best > 0).any(axis=1), on, (best * w).max(axis=1)))
             labels.append(("run", run, idx))
-            values.append(best @ w)
     elif profile == "vllm":
         for i in ok:
             ln = np.where(np.isfinite(L[:, i, :]), L[:, i, :] * w, -np.inf)  # cannot stay on past an unmeasured size
-            prefix = np.concatenate([np.zeros((D, 1)), np.cumsum(ln, axis=1)], axis=1)
             labels.append(("cell", i))
-            values.append(prefix.max(axis=1))
+            values.append(np.cumsum(ln, axis=1).max(axis=1))  # on for the first k sizes, k >= 1 (k = 0: option 0)
     else:
         for i in ok:
             labels.append(("cell", i))
@@ -799,8 +807,7 @@ def _deploy(profile: str, S: np.ndarray, cands: list[_Cand], B: list[int], w: np
         i = label[1]
         c0 = cands[i]
         ln = np.where(np.isfinite(L[0, i, :]), L[0, i, :] * w, -np.inf)
-        prefix = np.concatenate([[0.0], np.cumsum(ln)])
-        k = int(np.argmax(prefix)) if profile == "vllm" else len(B)
+        k = 1 + int(np.argmax(np.cumsum(ln))) if profile == "vllm" else len(B)
         for j, b in enumerate(B):
             per_b.append(_policy_point(cands, S, i if j < k else None, j, b, q, n_boot))
         out["shape"] = c0.shape
@@ -815,7 +822,7 @@ def _deploy(profile: str, S: np.ndarray, cands: list[_Cand], B: list[int], w: np
     out["per_batch"] = per_b
     out["draft"] = {k: v for k, v in c0.row().items() if k not in ("key", "shape", "source")}
     out["draft"]["source"] = c0.source
-    out["disable_by_batch_size"] = _disable_from(per_b)
+    out["disable_by_batch_size"] = None if profile == "sglang" else _disable_from(per_b)  # SGLang: no switch
     if profile == "vllm" and out["disable_by_batch_size"] is not None:
         on = [p["batch_size"] for p in per_b if p["on"]]
         off = out["disable_by_batch_size"]
@@ -824,6 +831,9 @@ def _deploy(profile: str, S: np.ndarray, cands: list[_Cand], B: list[int], w: np
         if value >= off:
             notes.append(f"vLLM's disable_by_batch_size must be >= 2, so speculation also runs at batch size {off}, "
                          "where it was predicted not to pay")
+        elif value > max(on):
+            notes.append(f"vLLM's disable_by_batch_size must be >= 2: speculation pays at batch size {max(on)} and "
+                         f"stays on up to {value} requests, a size that was not measured")
         elif value + 1 < off:
             notes.append(f"disable_by_batch_size={value}: speculation stays on up to {value} requests (the largest "
                          f"serving batch size where it pays); between {value + 1} and {off - 1} nothing was measured")
@@ -897,11 +907,14 @@ def validation_cells(rec: ServingRecommendation, n_others: int = 3) -> list[Chec
         if at.empty:
             continue
         best = r["best"]
-        role = ("recommended" if best["source"] == "oracle" and best["key"] == at.iloc[0]["key"]
-                else "best predicted (recommended: " + (NO_SPECULATION if best["run_id"] is None else "measured cell") + ")")
+        if best["source"] == "oracle" and best["key"] == at.iloc[0]["key"]:
+            role = "recommended"
+        else:
+            role = f"best predicted (recommended: {NO_SPECULATION if best['run_id'] is None else 'measured cell'})"
         add(at.iloc[0], role)
     B = rec.batch_sizes
-    plan = [(B[0], "runner-up", lambda at: at.iloc[1:2]), (B[len(B) // 2], "mid-ranked", lambda at: at.iloc[[len(at) // 2]]),
+    plan = [(B[0], "runner-up", lambda at: at.iloc[1:2]),
+            (B[len(B) // 2], "mid-ranked", lambda at: at.iloc[[len(at) // 2]]),
             (B[-1], "worst", lambda at: at.iloc[[-1]])]
     others = 0
     for b, role, pick in plan:
@@ -936,8 +949,8 @@ def compare_checks(cells: Sequence[CheckCell], measured: Mapping[tuple[str, str,
         need = {"run_id", "task", shape_col, "batch_size", "speedup"}
         if missing := need - set(measured.columns):
             raise ServingError(f"the measured table lacks column(s) {sorted(missing)}")
-        measured = {(str(r["run_id"]), str(r["task"]), _shape_name(r[shape_col]), int(r["batch_size"])): float(r["speedup"])
-                    for _, r in measured.iterrows()}
+        measured = {(str(r["run_id"]), str(r["task"]), _shape_name(r[shape_col]), int(r["batch_size"])):
+                    float(r["speedup"]) for _, r in measured.iterrows()}
     lookup = {(k[0], k[1], _shape_name(k[2]), int(k[3])): float(v) for k, v in measured.items()}
     missing = [c.as_tuple() for c in cells if c.as_tuple() not in lookup]
     if missing:

@@ -221,7 +221,8 @@ def simulate_oracle_stats(p: np.ndarray, shape: str, lengths: np.ndarray, rng: n
 
 def synthetic_probes(shapes: list[str], batch_sizes: list[int], *, has_draft: bool = True,
                      target: tuple[float, float] = (1e-2, 1e-3), draft: tuple[float, float] = (2e-3, 1e-4),
-                     prefill: tuple[float, float] = (5e-3, 1e-3), overhead: tuple[float, float, float] = (5e-4, 2e-5, 1e-4),
+                     prefill: tuple[float, float] = (5e-3, 1e-3),
+                     overhead: tuple[float, float, float] = (5e-4, 2e-5, 1e-4),
                      repeats: int = 3, noise: float = 0.05, context: int = 48,
                      rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict]]:
     """Cost probes (record ``probes`` and ``overheads``) for ``shapes``: a forward of w tokens per row at
@@ -280,7 +281,8 @@ def oracle_record(run_id: str, *, draft: dict, stats: dict[str, dict[str, dict]]
             "provenance": {}, "tau_definition": "1 + accepted/steps"}
 
 
-def synthetic_serving_study(n_jobs: int = 100, *, tasks: tuple[str, ...] = ("code", "prose", "chat-qa", "chat-code", "qa"),
+def synthetic_serving_study(n_jobs: int = 100, *,
+                            tasks: tuple[str, ...] = ("code", "prose", "chat-qa", "chat-code", "qa"),
                             shapes: tuple[str, ...] = ("chain:1", "chain:2", "chain:3", "chain:4", "chain:6",
                                                        "static:2x1", "static:2x2x1", "static:3x2x1x1"),
                             batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32), n_prompts: int = 32,
