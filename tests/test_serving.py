@@ -374,12 +374,12 @@ def test_unregistered_family_and_atomic_writes(tmp_path, llama_checkpoint):
         (dest / "half.bin").write_text("x")
         raise RuntimeError("disk full")
 
-    deploy.register_exporter("eagle3", boom)
+    assert deploy.register_exporter("eagle3", boom) is None
     try:
         with pytest.raises(RuntimeError, match="disk full"):
             deploy.write_serving(serving.recommend_cells([eagle], n_boot=10), out)
     finally:
-        deploy._EXPORTERS.pop("eagle3")
+        assert deploy.register_exporter("eagle3", None) is boom
     assert sorted(p.name for p in out.iterdir()) == before  # the old folder is untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".serving")] == []
 
@@ -406,6 +406,9 @@ def test_scylla_fit_writes_the_serving_folder_and_exits_2_on_bad_requests(tmp_pa
     bare.write({**record, "probes": []})
     assert main([str(bare.root), "--out", str(tmp_path / "o2"), "--serving", "--no-plots"]) == 2
     assert "no cost probes" in capsys.readouterr().err
+    # not asked for: reported, and the law fits go on (one draft: nothing to fit, exit 1 as before)
+    assert main([str(bare.root), "--out", str(tmp_path / "o2"), "--n-bootstrap", "20", "--no-plots"]) == 1
+    assert "[serving] not written: the records hold oracle rows but no cost probes" in capsys.readouterr().out
     table = tmp_path / "table.csv"
     from scylla.harness.results import load
 

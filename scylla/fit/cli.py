@@ -410,9 +410,11 @@ def _mtp_report(info: dict, rec: Recommendation | None) -> list[str]:
     return lines
 
 
-def _serving(args: argparse.Namespace, table: pd.DataFrame) -> str | None:
-    """The measured-cell serving recommendation under <out>/serving; a one-line summary, or None when
-    the records give none and it was not asked for (an explicit request raises `ServingError`)."""
+def _serving(args: argparse.Namespace, table: pd.DataFrame) -> tuple[str, bool] | None:
+    """The measured-cell serving recommendation under <out>/serving: (a one-line summary, whether it was
+    written), or None when the records hold no oracle rows and it was not asked for. When asked for
+    (--serving or a --serving-* option), a problem raises `ServingError` (exit 2); otherwise it is
+    reported and the law fits go on."""
     from .deploy import write_serving
     from .serving import ServingError, recommend_cells
 
@@ -429,9 +431,14 @@ def _serving(args: argparse.Namespace, table: pd.DataFrame) -> str | None:
         raise ServingError("the results hold no oracle rows (source 'oracle'), so there is nothing to price; "
                            "measure with decode.method=oracle (the default) and re-run the jobs, or drop --serving")
     tasks = args.serving_task or args.task
-    rec = recommend_cells(table, batch_sizes=args.serving_batch_sizes, tasks=tasks, n_boot=args.n_bootstrap,
-                          level=args.level, seed=args.seed, pooling=args.serving_pooling,
-                          batch_weights=args.serving_weights)
+    try:
+        rec = recommend_cells(table, batch_sizes=args.serving_batch_sizes, tasks=tasks, n_boot=args.n_bootstrap,
+                              level=args.level, seed=args.seed, pooling=args.serving_pooling,
+                              batch_weights=args.serving_weights)
+    except ServingError as exc:
+        if explicit:
+            raise
+        return f"[serving] not written: {exc}", False
     out = Path(args.out) / "serving"
     write_serving(rec, out, export=not args.no_export)
     parts = []
@@ -443,7 +450,7 @@ def _serving(args: argparse.Namespace, table: pd.DataFrame) -> str | None:
     v = rec.deploy["vllm"]
     vllm = (f"vLLM: {v['draft']['draft_name']} gamma={v['gamma']} disable_by_batch_size="
             f"{v.get('vllm_disable_by_batch_size')}" if v["speculation"] else "vLLM: no speculation")
-    return f"[serving] {'; '.join(parts)}; {vllm}; wrote {out.resolve()}"
+    return f"[serving] {'; '.join(parts)}; {vllm}; wrote {out.resolve()}", True
 
 
 def _ints(text: str) -> list[int]:
@@ -531,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if serving:
-        print(serving)
+        print(serving[0])
     for name, s in summaries.items():
         rec = s["recommendation"]
         head = f"[{name}] {len(s['fits'])} laws fitted"
@@ -540,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{r['low']:.2f}, {r['high']:.2f}]" for r in rec["per_batch"])
             head += f"; recommended {rec['name']} (P(best)={rec['p_best']:.2f}); {gam}"
         print(head)
-    if not serving and not any(s["fits"] or s["recommendation"] for s in summaries.values()):
+    if not (serving and serving[1]) and not any(s["fits"] or s["recommendation"] for s in summaries.values()):
         reasons = "; ".join(n for s in summaries.values() for n in s["notes"][:1]) or "no fittable rows"
         print(f"error: nothing was fitted ({reasons}); see {Path(args.out).resolve() / 'report.md'}", file=sys.stderr)
         return 1

@@ -38,8 +38,8 @@ from scylla.decode.tree import TreeSpec
 from .serving import ServingError, ServingRecommendation, validation_cells
 
 __all__ = ["ENGINE_METHODS", "ExportError", "ExportResult", "register_exporter", "exporter_for", "engine_families",
-           "export_draft", "hydra_draft_yaml", "vllm_speculative_config", "vllm_per_batch_config", "sglang_flags",
-           "write_serving", "serving_name"]
+           "export_draft", "export_llama", "export_ngram", "reference_llama", "hydra_draft_yaml",
+           "vllm_speculative_config", "vllm_per_batch_config", "sglang_flags", "write_serving", "serving_name"]
 
 # Which engine method serves each draft family (the engines' own names).
 ENGINE_METHODS: dict[str, dict[str, str]] = {
@@ -75,11 +75,15 @@ Exporter = Callable[[Mapping[str, Any], Path], ExportResult]
 _EXPORTERS: dict[str, Exporter] = {}
 
 
-def register_exporter(family: str, fn: Exporter) -> None:
+def register_exporter(family: str, fn: Exporter | None) -> Exporter | None:
     """Add (or replace) the exporter of a draft family: ``fn(record, dest)`` writes the draft of the job
     ``record`` into the new folder ``dest`` (or nothing, for a family without weights) and returns an
-    `ExportResult`. Registering a family also makes it eligible for the vLLM/SGLang deploy choice."""
-    _EXPORTERS[family] = fn
+    `ExportResult`. Registering a family also makes it eligible for the vLLM/SGLang deploy choice.
+    ``fn=None`` removes it. Returns the exporter it replaced (or None)."""
+    previous = _EXPORTERS.pop(family, None)
+    if fn is not None:
+        _EXPORTERS[family] = fn
+    return previous
 
 
 def exporter_for(family: str) -> Exporter:
