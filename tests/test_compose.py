@@ -8,9 +8,9 @@ from scylla.decode.stats import DecodeStats
 from scylla.decode.tree import TreeSpec
 import numpy as np
 
-from scylla.measure.compose import (CostDraws, predict_seconds, predict_seconds_draws, predict_speedup,
-                                   required_widths, step_plan)
-from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe, probe_forwards, probe_overhead, probe_prefill
+from scylla.measure.compose import predict_seconds, predict_seconds_draws, predict_speedup, required_widths, step_plan
+from scylla.measure.probes import (CostDraws, CostTable, ForwardProbe, OverheadProbe, probe_forwards, probe_overhead,
+                                  probe_prefill)
 from scylla.testing import random_prompts, tiny_llama
 
 
@@ -74,11 +74,13 @@ def test_vectorised_replay_equals_the_scalar_one(shape: str, batch: int):
     for summary in ("median", "best"):
         table = CostTable(probes, overheads, summary)
         want = predict_seconds(steps, batch, table, plan, 0.3)
-        got = predict_seconds_draws(np.asarray([steps]), batch, CostDraws(probes, overheads, summary=summary), plan, 0.3)
+        got = predict_seconds_draws(np.asarray([steps]), batch, CostDraws(probes, overheads, summary), plan, 0.3)
         assert got.shape == (1,) and got[0] == pytest.approx(want, rel=1e-12)
-    draws = CostDraws(probes, overheads, rng=np.random.default_rng(0), n_draws=64)
+    draws = CostDraws(probes, overheads, n_boot=63)
     many = predict_seconds_draws(np.tile(steps, (64, 1)), batch, draws, plan, 0.3)
-    assert many.shape == (64,) and many.std() > 0  # probe repeats resampled per draw
+    assert many.shape == (64,) and many[0] == pytest.approx(predict_seconds(steps, batch, CostTable(probes, overheads),
+                                                                            plan, 0.3))
+    assert many[1:].std() > 0  # row 0 is the measured times, the rest resample each probe's repeats
 
 
 def test_predicted_speedup_and_its_interval_on_known_costs():

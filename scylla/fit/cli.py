@@ -5,7 +5,10 @@
     scylla-fit --wandb-project scylla-sweep --out outputs/fit     (or: scylla-fit wandb:scylla-sweep)
 
 Writes, per (task, temperature) group: fits.json, report.md, recommendation.json/.md,
-draft/<name>.yaml (a Hydra `draft=` group file) and figures/*.png.
+draft/<name>.yaml (a Hydra `draft=` group file) and figures/*.png. When the results are job records with
+oracle rows, also <out>/serving/: the measured-cell serving recommendation per serving batch size, the
+deployed draft's Hydra config and exported folder, vLLM's speculative_config and SGLang's flags
+(`scylla.fit.serving`, `scylla.fit.deploy`, docs/serving.md).
 """
 
 from __future__ import annotations
@@ -246,7 +249,8 @@ def _fit_llama(llama: pd.DataFrame, acc: pd.DataFrame, out: Path, compare: Any, 
         # the per-token acceptance probability is what the speedup formulas take: the recommendation's law
         joint = compare("alpha_token_joint", acc, JOINT_FORMS, ["draft_tokens", "draft_params"], "alpha_token")
     # the batch-size law: measured speedup of the best measured draft, best gamma per batch size
-    if {"speedup", "batch_size"} <= set(llama.columns) and llama["batch_size"].nunique() >= 3:
+    if ({"speedup", "batch_size"} <= set(llama.columns) and llama["batch_size"].nunique() >= 3
+            and pd.to_numeric(llama["speedup"], errors="coerce").notna().any()):
         cfg = llama.groupby(["draft_name", "draft_tokens"])["speedup"].mean().idxmax()
         best = llama[(llama["draft_name"] == cfg[0]) & (llama["draft_tokens"] == cfg[1])]
         best = best.groupby("batch_size", as_index=False)["speedup"].max()
@@ -432,6 +436,59 @@ def _mtp_report(info: dict, rec: Recommendation | None) -> list[str]:
     return lines
 
 
+def _serving(args: argparse.Namespace, table: pd.DataFrame) -> tuple[str, bool] | None:
+    """The measured-cell serving recommendation under <out>/serving: (a one-line summary, whether it was
+    written), or None when the records hold no oracle rows and it was not asked for. When asked for
+    (--serving or a --serving-* option), a problem raises `ServingError` (exit 2); otherwise it is
+    reported and the law fits go on."""
+    from .deploy import write_serving
+    from .serving import ServingError, recommend_cells
+
+    explicit = bool(args.serving or args.serving_batch_sizes or args.serving_task or args.serving_weights)
+    if args.serving is False:
+        return None
+    has_oracle = "source" in table.columns and (table["source"] == "oracle").any()
+    if not has_oracle and not explicit:
+        return None
+    if "record_path" not in table.columns:
+        raise ServingError("the serving recommendation needs the job records (per-prompt traces and cost probes), "
+                           "not a tidy table: pass the results folder of the records, or drop --serving")
+    if not has_oracle:
+        raise ServingError("the results hold no oracle rows (source 'oracle'), so there is nothing to price; "
+                           "measure with decode.method=oracle (the default) and re-run the jobs, or drop --serving")
+    tasks = args.serving_task or args.task
+    try:
+        rec = recommend_cells(table, batch_sizes=args.serving_batch_sizes, tasks=tasks, n_boot=args.n_bootstrap,
+                              level=args.level, seed=args.seed, pooling=args.serving_pooling,
+                              batch_weights=args.serving_weights)
+    except ServingError as exc:
+        if explicit:
+            raise
+        return f"[serving] not written: {exc}", False
+    out = Path(args.out) / "serving"
+    write_serving(rec, out, export=not args.no_export)
+    parts = []
+    for r in rec.per_batch:
+        b = r["best"]
+        what = "no speculation" if b["run_id"] is None else f"{b['draft_name']}@{b['draft_tokens']:.3g} {b['shape']}"
+        parts.append(f"B={r['batch_size']}: {what} S={b['speedup']:.2f} [{b['low']:.2f}, {b['high']:.2f}] "
+                     f"P(best)={r['p_best']:.2f}")
+    v = rec.deploy["vllm"]
+    vllm = (f"vLLM: {v['draft']['draft_name']} gamma={v['gamma']} disable_by_batch_size="
+            f"{v.get('vllm_disable_by_batch_size')}" if v["speculation"] else "vLLM: no speculation")
+    return f"[serving] {'; '.join(parts)}; {vllm}; wrote {out.resolve()}", True
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v != int(v) or v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"batch sizes are positive integers, got {text!r}")
+    return [int(v) for v in values]
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -466,6 +523,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", help="only these task(s) (repeatable)")
     p.add_argument("--full-grid", action="store_true", help="Chinchilla fit from the full 4,500-point start grid (slow)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    g = p.add_argument_group(
+        "serving recommendation (job records with oracle rows; written to <out>/serving, see docs/serving.md)")
+    g.add_argument("--serving", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank every measured cell per serving batch size and emit the deployed draft's Hydra "
+                        "config, exported folder, vLLM speculative_config and SGLang flags (default: when the "
+                        "records hold oracle rows; --serving makes it required, --no-serving skips it)")
+    g.add_argument("--serving-batch-sizes", type=_ints, metavar="B,B,...",
+                   help="serving batch sizes, each one the study measured (default: all measured)")
+    g.add_argument("--serving-task", action="append", metavar="TASK",
+                   help="task(s) pooled into the serving score (repeatable; default: --task, else the tasks "
+                        "every job measured)")
+    g.add_argument("--serving-weights", type=_floats, metavar="W,W,...",
+                   help="weight of each serving batch size in the one-draft deploy choice (default: equal)")
+    g.add_argument("--serving-pooling", choices=("time", "log"), default="time",
+                   help="pool tasks by total plain time / total speculative time (default) or by mean ln S")
+    g.add_argument("--no-export", action="store_true",
+                   help="do not copy a llama draft's weights (the engine configs point at its checkpoint)")
     return p
 
 
@@ -480,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             table = table[table["task"].isin(args.task)]
             if table.empty:
                 raise FitError(f"no rows for task(s) {args.task}")
+        serving = _serving(args, table)  # first: a bad serving request stops before the long law fits
         summaries = fit_results(
             table, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, level=args.level,
             batch_sizes=args.batch_sizes, token_budgets=args.token_budgets, max_gamma=args.max_gamma,
@@ -488,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FitError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if serving:
+        print(serving[0])
     for name, s in summaries.items():
         rec = s["recommendation"]
         head = f"[{name}] {len(s['fits'])} laws fitted"
@@ -496,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{r['low']:.2f}, {r['high']:.2f}]" for r in rec["per_batch"])
             head += f"; recommended {rec['name']} (P(best)={rec['p_best']:.2f}); {gam}"
         print(head)
-    if not any(s["fits"] or s["recommendation"] for s in summaries.values()):
+    if not (serving and serving[1]) and not any(s["fits"] or s["recommendation"] for s in summaries.values()):
         reasons = "; ".join(n for s in summaries.values() for n in s["notes"][:1]) or "no fittable rows"
         print(f"error: nothing was fitted ({reasons}); see {Path(args.out).resolve() / 'report.md'}", file=sys.stderr)
         return 1

@@ -26,8 +26,8 @@ from filelock import FileLock
 
 from scylla.measure.rows import MEASUREMENT_COLUMNS, flatten
 
-__all__ = ["SCHEMA_VERSION", "COLUMNS", "ResultStore", "ResultsError", "load", "load_checks", "load_wandb", "records_to_frame",
-           "read_record", "json_safe"]
+__all__ = ["SCHEMA_VERSION", "COLUMNS", "ResultStore", "ResultsError", "load", "load_checks", "load_records",
+           "load_wandb", "records_to_frame", "read_record", "json_safe"]
 
 SCHEMA_VERSION = 1
 RECORD_SUFFIX = ".json"
@@ -234,6 +234,19 @@ def load(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike] = "output
     counts. ``tau`` includes the bonus/correction token (1 + accepted/steps)."""
     paths = _record_paths(path_or_glob)
     return records_to_frame(read_record(p) for p in paths)
+
+
+def load_records(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike] = "outputs/results") -> list[dict[str, Any]]:
+    """The records themselves (one dict per job, duplicates of a run_id dropped), for what the tidy frame
+    leaves out: per-prompt traces, cost probes and engine overheads (`scylla.fit.serving` prices from them)."""
+    seen: set[str] = set()
+    out = []
+    for path in _record_paths(path_or_glob):
+        record = read_record(path)
+        if record["run_id"] not in seen:
+            seen.add(record["run_id"])
+            out.append(record)
+    return out
 
 
 def load_checks(path_or_glob: str | os.PathLike | Iterable[str | os.PathLike] = "outputs/results") -> pd.DataFrame:

@@ -23,10 +23,10 @@ import numpy as np
 
 from scylla.decode.stats import DecodeStats
 from scylla.decode.tree import TreeSpec
-from scylla.measure.probes import CostTable, ForwardProbe, OverheadProbe
+from scylla.measure.probes import CostDraws, CostTable, ForwardProbe, OverheadProbe
 
 __all__ = ["StepPlan", "step_plan", "predict_seconds", "predict_seconds_draws", "predict_speedup",
-           "steady_state_speedup", "required_widths", "CostDraws"]
+           "steady_state_speedup", "required_widths", "full_accept_rate", "step_cost_terms"]
 
 
 @dataclass(frozen=True)
@@ -114,87 +114,10 @@ def steady_state_speedup(stats: DecodeStats, batch: int, table: CostTable, plan:
     return float(stats.tau * t_plain / t_spec)
 
 
-def _interp(xs: np.ndarray, ys: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``np.interp`` for K curves at once: ``ys`` [K, P] over shared ``xs`` [P], queries ``q`` [K, m];
-    flat beyond the ends, as `CostTable` is."""
-    if xs.size == 1:
-        return np.broadcast_to(ys[:, :1], q.shape).astype(float)
-    qc = np.clip(q, xs[0], xs[-1])
-    i = np.clip(np.searchsorted(xs, qc, side="right") - 1, 0, xs.size - 2)
-    w = (qc - xs[i]) / (xs[i + 1] - xs[i])
-    return np.take_along_axis(ys, i, axis=1) * (1 - w) + np.take_along_axis(ys, i + 1, axis=1) * w
-
-
-class CostDraws:
-    """`CostTable`'s step times for K bootstrap draws of the probes at once (each probe's repeats
-    resampled with replacement per draw, then summarised), so a prediction's interval costs a few array
-    operations instead of K Python replays. ``n_draws=0`` (or no ``rng``) keeps the measured times: one
-    draw equal to `CostTable`'s."""
-
-    def __init__(self, forwards: Sequence[ForwardProbe], overheads: Sequence[OverheadProbe] = (), *,
-                 summary: str = "median", rng: np.random.Generator | None = None, n_draws: int = 0) -> None:
-        if summary not in ("median", "best"):
-            raise ValueError(f"summary must be 'median' or 'best', got {summary!r}")
-        reduce = np.median if summary == "median" else np.min
-        self.k = n_draws if rng is not None and n_draws > 0 else 1
-
-        def summarised(times: Sequence[float]) -> np.ndarray:
-            t = np.asarray(times, float)
-            if rng is None or n_draws <= 0:
-                return np.full(1, reduce(t))
-            return reduce(t[rng.integers(0, t.size, (self.k, t.size))], axis=1)
-
-        def curves(groups: dict[Any, list[Any]], value: Any) -> dict[Any, tuple[np.ndarray, np.ndarray]]:
-            out = {}
-            for key, ps in groups.items():
-                ps = sorted(ps, key=lambda p: p.batch_size)
-                out[key] = (np.array([p.batch_size for p in ps], float), np.stack([value(p) for p in ps], axis=1))
-            return out
-
-        groups: dict[tuple[str, str, int], list[ForwardProbe]] = {}
-        for p in forwards:
-            groups.setdefault((p.role, p.kind, p.width), []).append(p)
-        self._curves = curves(groups, lambda p: summarised(p.times))
-        ogroups: dict[str, list[OverheadProbe]] = {}
-        for o in overheads:
-            ogroups.setdefault(o.shape, []).append(o)
-        ocurves = curves(ogroups, lambda o: summarised(o.per_step))
-        self._plain = ocurves.get("chain:0")
-        self._extras = []  # per draft shape: the measured extra per draft forward, clipped at 0 as CostTable does
-        for shape, (xs, ys) in ocurves.items():
-            if shape == "chain:0" or self._plain is None:
-                continue
-            fws = np.array([o.draft_forwards_per_step for o in sorted(ogroups[shape], key=lambda o: o.batch_size)])
-            base = _interp(self._plain[0], self._plain[1], np.broadcast_to(xs, ys.shape))
-            self._extras.append((xs, np.maximum((ys - base) / np.maximum(fws, 1e-9), 0.0)))
-
-    def _q(self, batch: Any) -> np.ndarray:
-        q = np.asarray(batch, float)
-        return np.broadcast_to(q, (self.k, 1) if q.ndim == 0 else q.shape).astype(float)
-
-    def time(self, role: str, kind: str, width: int, batch: Any) -> np.ndarray:
-        key = (role, kind, int(width))
-        if key not in self._curves:
-            raise KeyError(f"no {role} {kind} forward of width {width} was probed; probe it first")
-        return _interp(*self._curves[key], self._q(batch))
-
-    def prefill(self, role: str, batch: Any) -> np.ndarray:
-        keys = [k for k in self._curves if k[0] == role and k[1] == "prefill"]
-        return self.time(*keys[0], batch) if keys else np.zeros(self._q(batch).shape)
-
-    def overhead(self, batch: Any, draft_forwards_per_step: float) -> np.ndarray:
-        q = self._q(batch)
-        base = _interp(*self._plain, q) if self._plain is not None else np.zeros(q.shape)
-        if draft_forwards_per_step <= 0 or not self._extras:
-            return base
-        extra = np.mean([_interp(xs, per_fw, q) for xs, per_fw in self._extras], axis=0)
-        return base + extra * draft_forwards_per_step
-
-
 def predict_seconds_draws(steps: np.ndarray, batch: int, costs: CostDraws, plan: StepPlan,
                           full_accept_rate: float = 0.0) -> np.ndarray:
-    """`predict_seconds` for K draws at once: ``steps`` [K, n] (one resample of the prompts per draw,
-    input order), ``costs`` the matching K draws of the probes; returns [K] seconds."""
+    """`predict_seconds` for every draw of ``costs`` at once: ``steps`` [n_draws, n] (one resample of the
+    prompts per draw, input order; row d priced with draw d's probe times); returns [n_draws] seconds."""
     steps = np.asarray(steps, float)
     k, n = steps.shape
     if n == 0:
@@ -204,7 +127,7 @@ def predict_seconds_draws(steps: np.ndarray, batch: int, costs: CostDraws, plan:
     rows = [min(batch, n - c * batch) for c in range(chunks)]
     total = np.zeros(k)
     for r in set(rows):  # every chunk pays the prefills of its rows
-        pre = costs.prefill("target", r)[:, 0] + (costs.prefill("draft", r)[:, 0] if plan.has_draft else 0.0)
+        pre = costs.prefill("target", [r])[:, 0] + (costs.prefill("draft", [r])[:, 0] if plan.has_draft else 0.0)
         total += rows.count(r) * pre
     padded = np.zeros((k, chunks * batch))
     padded[:, :n] = steps  # padding rows need no steps and add nothing below
@@ -214,12 +137,9 @@ def predict_seconds_draws(steps: np.ndarray, batch: int, costs: CostDraws, plan:
     per_chunk = padded.reshape(k, chunks, batch)
     active = np.clip(per_chunk[..., None] - np.arange(kmax), 0.0, 1.0).sum(axis=2).reshape(k, chunks * kmax)
     b = np.maximum(active, 1.0)
-    t = costs.time("target", plan.target_kind, plan.target_width, b)
-    if plan.has_draft:
-        t = t + (1 - f) * costs.time("draft", "decode", 1, b) + f * costs.time("draft", "decode", 2, b)
-        for w, kind in plan.draft_blocks:
-            t = t + costs.time("draft", kind, w, b)
-    t = t + costs.overhead(b, plan.draft_forwards)
+    t = costs.overhead_per_draw(b, plan.draft_forwards)
+    for role, kind, width, weight in step_cost_terms(plan, f):
+        t = t + weight * costs.time_per_draw(role, kind, width, b)
     return total + (t * np.minimum(active, 1.0) * (active > 0)).sum(axis=1)
 
 
@@ -236,18 +156,16 @@ def predict_speedup(stats: DecodeStats, batch: int, probes: Sequence[ForwardProb
     plain_steps = np.asarray(stats.prompt_generated, float) - 1.0
     f = _full_accept_rate(stats)
 
-    measured = CostDraws(probes, overheads, summary=summary)  # one draw: the measured times, as `table`
-    t_spec = float(predict_seconds_draws(steps[None], batch, measured, plan, f)[0])
-    t_plain = float(predict_seconds_draws(plain_steps[None], batch, measured, plain_plan)[0])
+    n_boot = max(int(n_boot), 0) if len(steps) else 0
+    costs = CostDraws(probes, overheads, summary, n_boot=n_boot, seed=seed)  # row 0: the measured times
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([np.arange(len(steps))[None], rng.integers(0, len(steps), (n_boot, len(steps)))])
+    t_specs = predict_seconds_draws(steps[idx], batch, costs, plan, f)
+    t_plains = predict_seconds_draws(plain_steps[idx], batch, costs, plain_plan)
+    t_spec, t_plain = float(t_specs[0]), float(t_plains[0])
     point = t_plain / t_spec
-    lo, hi = point, point
-    if n_boot > 0 and len(steps):
-        rng = np.random.default_rng(seed)
-        costs = CostDraws(probes, overheads, summary=summary, rng=rng, n_draws=n_boot)
-        idx = rng.integers(0, len(steps), (n_boot, len(steps)))
-        draws = (predict_seconds_draws(plain_steps[idx], batch, costs, plain_plan)
-                 / predict_seconds_draws(steps[idx], batch, costs, plan, f))
-        lo, hi = np.percentile(draws, [50 * (1 - level), 100 - 50 * (1 - level)])
+    draws = t_plains[1:] / t_specs[1:]
+    lo, hi = np.percentile(draws, [50 * (1 - level), 100 - 50 * (1 - level)]) if n_boot else (point, point)
     return {"speedup": point, "low": float(lo), "high": float(hi), "level": level,
             "steady_state": steady_state_speedup(stats, batch, table, plan),
             "predicted_seconds": t_spec, "predicted_plain_seconds": t_plain, "summary": summary,
@@ -255,3 +173,21 @@ def predict_speedup(stats: DecodeStats, batch: int, probes: Sequence[ForwardProb
             "verify_step_seconds": table.time("target", plan.target_kind, plan.target_width, batch),
             "draft_step_seconds": table.time("draft", "decode", 1, batch) if plan.has_draft else 0.0,
             "overhead_step_seconds": table.overhead(batch, plan.draft_forwards)}
+
+
+def full_accept_rate(stats: DecodeStats) -> float:
+    """Share of steps whose whole draft was accepted: the draft's next first forward is then two tokens
+    wide (it also feeds the unfed deepest accepted token)."""
+    return _full_accept_rate(stats)
+
+
+def step_cost_terms(plan: StepPlan, full_accept_rate: float = 0.0) -> list[tuple[str, str, int, float]]:
+    """The forwards one step of ``plan`` runs, as ``(role, kind, width, weight)``: the per-step time is
+    ``sum(weight * time(role, kind, width, b)) + overhead(b, plan.draft_forwards)``, exactly what
+    `predict_seconds` adds up per step. Vectorised pricing (many draws, shapes and batch sizes at
+    once, `scylla.fit.serving`) builds on it so both price a step the same way."""
+    terms = [("target", plan.target_kind, plan.target_width, 1.0)]
+    if plan.has_draft:
+        terms += [("draft", "decode", 1, 1.0 - full_accept_rate), ("draft", "decode", 2, full_accept_rate)]
+        terms += [("draft", kind, w, 1.0) for w, kind in plan.draft_blocks]
+    return [t for t in terms if t[3] != 0.0]

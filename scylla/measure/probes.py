@@ -22,8 +22,8 @@ import torch
 
 from scylla.decode.cache import CachedLM
 
-__all__ = ["ForwardProbe", "OverheadProbe", "CostTable", "probe_forwards", "probe_prefill", "probe_overhead",
-           "machine_info"]
+__all__ = ["ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill",
+           "probe_overhead", "machine_info", "interp_weights", "resampled_summaries"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -241,3 +241,155 @@ class CostTable:
             extras.append(float(np.interp(batch, xs, np.maximum(per_fw, 0.0))))
         return base + (float(np.mean(extras)) * draft_forwards_per_step if extras else 0.0)
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same costs with a leading draw axis, for bootstraps that price many shapes at once
+
+
+def interp_weights(x: Sequence[float] | np.ndarray, xs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``W`` with ``W @ ys == np.interp(x, xs, ys)`` for every ``ys``: the hat-function weights of linear
+    interpolation on the grid ``xs`` (flat beyond it, as `CostTable` is). Shape ``(len(x), len(xs))``."""
+    x = np.atleast_1d(np.asarray(x, float))
+    xs = np.asarray(xs, float)
+    eye = np.eye(xs.size)
+    return np.stack([np.interp(x, xs, eye[j]) for j in range(xs.size)], axis=1)
+
+
+def _interp_rows(xs: np.ndarray, ys: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.interp(q[d], xs, ys[d])`` for every row d at once (``ys`` [n, P], ``q`` [n, m]); flat beyond
+    the ends, as `CostTable` is."""
+    q = np.asarray(q, float)
+    if xs.size == 1:
+        return np.broadcast_to(ys[:, :1], q.shape).astype(float)
+    qc = np.clip(q, xs[0], xs[-1])
+    i = np.clip(np.searchsorted(xs, qc, side="right") - 1, 0, xs.size - 2)
+    w = (qc - xs[i]) / (xs[i + 1] - xs[i])
+    return np.take_along_axis(ys, i, axis=1) * (1 - w) + np.take_along_axis(ys, i + 1, axis=1) * w
+
+
+def _content_seed(seed: int, parts: Sequence[Any]) -> int:
+    import hashlib
+    import json
+
+    blob = json.dumps([seed, *parts], default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little")
+
+
+def resampled_summaries(values: Sequence[float], n_boot: int, *, summary: str = "median", seed: int = 0,
+                        key: Sequence[Any] = ()) -> np.ndarray:
+    """``1 + n_boot`` summaries of one probe's repeats: row 0 the summary of the repeats themselves,
+    then the summary of ``n_boot`` resamples with replacement. The resamples are seeded by ``seed`` and
+    the probe's own content (``key`` and the values), so every job that carries the same (cached) probe
+    draws the same resamples: candidates priced with one probe stay paired across jobs."""
+    v = np.asarray(values, float)
+    agg = np.median if summary == "median" else np.min
+    point = np.array([float(agg(v))])
+    if n_boot <= 0 or v.size == 0:
+        return point
+    rng = np.random.default_rng(_content_seed(seed, [*key, v.tolist()]))
+    draws = agg(v[rng.integers(0, v.size, (n_boot, v.size))], axis=1)
+    return np.concatenate([point, draws])
+
+
+class CostDraws:
+    """`CostTable` with a leading draw axis: row 0 holds each probe's summary (the point estimate,
+    equal to `CostTable`'s), rows 1..n_boot the summaries of resampled repeats (`resampled_summaries`).
+    Every method takes an array of batch sizes and returns ``(1 + n_boot, len(batches))``, so one
+    call prices a shape at every batch size and every bootstrap draw."""
+
+    def __init__(self, forwards: Sequence[ForwardProbe], overheads: Sequence[OverheadProbe] = (),
+                 summary: str = "median", n_boot: int = 0, seed: int = 0,
+                 cache: dict[Any, np.ndarray] | None = None) -> None:
+        """``cache`` (any dict, shared between tables) keeps each probe's resamples, so the jobs of a sweep
+        that carry the same cached probe resample it once."""
+        if summary not in ("median", "best"):
+            raise ValueError(f"summary must be 'median' or 'best', got {summary!r}")
+        self.n_draws = 1 + max(int(n_boot), 0)
+        cache = {} if cache is None else cache
+
+        def draws(values: Sequence[float], key: list[Any]) -> np.ndarray:
+            full = (summary, int(n_boot), seed, *key, tuple(values))
+            if full not in cache:
+                cache[full] = resampled_summaries(values, n_boot, summary=summary, seed=seed, key=key)
+            return cache[full]
+
+        self._curves: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        groups: dict[tuple[str, str, int], list[ForwardProbe]] = {}
+        for p in forwards:
+            groups.setdefault((p.role, p.kind, int(p.width)), []).append(p)
+        for key, ps in groups.items():
+            ps = sorted(ps, key=lambda p: p.batch_size)
+            ys = np.stack([draws(p.times, [p.role, p.kind, p.batch_size, p.width, p.context]) for p in ps], axis=1)
+            self._curves[key] = (np.array([p.batch_size for p in ps], float), ys)
+        self._overhead: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        ogroups: dict[str, list[OverheadProbe]] = {}
+        for o in overheads:
+            ogroups.setdefault(o.shape, []).append(o)
+        for shape, os_ in ogroups.items():
+            os_ = sorted(os_, key=lambda o: o.batch_size)
+            ys = np.stack([draws(o.per_step, ["overhead", o.shape, o.batch_size, o.draft_forwards_per_step])
+                           for o in os_], axis=1)
+            self._overhead[shape] = (np.array([o.batch_size for o in os_], float), ys,
+                                     np.array([o.draft_forwards_per_step for o in os_], float))
+
+    def has(self, role: str, kind: str, width: int) -> bool:
+        return (role, kind, int(width)) in self._curves
+
+    # -- per-draw batch sizes: query [n_draws, m], row d priced with draw d's costs ----------------------
+    def time_per_draw(self, role: str, kind: str, width: int, q: np.ndarray) -> np.ndarray:
+        """Like `time`, but each draw at its own batch sizes (``q`` [n_draws, m] -> [n_draws, m]): a
+        bootstrap that also resamples prompts sees different active-row counts in each draw."""
+        key = (role, kind, int(width))
+        if key not in self._curves:
+            raise KeyError(f"no {role} {kind} forward of width {width} was probed; probe it first")
+        return _interp_rows(*self._curves[key], q)
+
+    def overhead_per_draw(self, q: np.ndarray, draft_forwards_per_step: float) -> np.ndarray:
+        """`overhead` with each draw at its own batch sizes (``q`` [n_draws, m])."""
+        plain = self._overhead.get("chain:0")
+        if plain is None:
+            return np.zeros(q.shape)
+        base = _interp_rows(plain[0], plain[1], q)
+        if draft_forwards_per_step <= 0:
+            return base
+        extras = []
+        for shape, (xs, ys, fws) in self._overhead.items():
+            if shape == "chain:0":
+                continue
+            at = plain[1] @ interp_weights(xs, plain[0]).T
+            extras.append(_interp_rows(xs, np.maximum((ys - at) / np.maximum(fws, 1e-9), 0.0), q))
+        return base + (np.mean(extras, axis=0) * draft_forwards_per_step if extras else 0.0)
+
+    def time(self, role: str, kind: str, width: int, batches: Sequence[float] | np.ndarray) -> np.ndarray:
+        key = (role, kind, int(width))
+        if key not in self._curves:
+            raise KeyError(f"no {role} {kind} forward of width {width} was probed; probe it first")
+        xs, ys = self._curves[key]
+        return ys @ interp_weights(batches, xs).T
+
+    def prefill(self, role: str, batches: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Prefill times of ``role`` (zeros when it was not probed), like `CostTable.prefill`."""
+        keys = [k for k in self._curves if k[0] == role and k[1] == "prefill"]
+        if not keys:
+            return np.zeros((self.n_draws, np.atleast_1d(batches).size))
+        return self.time(*keys[0], batches)
+
+    def overhead(self, batches: Sequence[float] | np.ndarray, draft_forwards_per_step: float) -> np.ndarray:
+        """`CostTable.overhead` per draw: plain decoding's per-step time plus, when drafting, the measured
+        extra per draft forward (mean over the probed drafting shapes) times ``draft_forwards_per_step``."""
+        n = np.atleast_1d(batches).size
+        plain = self._overhead.get("chain:0")
+        if plain is None:
+            return np.zeros((self.n_draws, n))
+        base = plain[1] @ interp_weights(batches, plain[0]).T
+        if draft_forwards_per_step <= 0:
+            return base
+        extras = []
+        for shape, (xs, ys, fws) in self._overhead.items():
+            if shape == "chain:0":
+                continue
+            at = plain[1] @ interp_weights(xs, plain[0]).T  # plain overhead at this shape's batch sizes
+            per_fw = np.maximum((ys - at) / np.maximum(fws, 1e-9), 0.0)
+            extras.append(per_fw @ interp_weights(batches, xs).T)
+        return base + (np.mean(extras, axis=0) * draft_forwards_per_step if extras else 0.0)

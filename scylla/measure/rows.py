@@ -62,6 +62,9 @@ def measurement(task: str, *, source: str, stats: dict[str, Any], batch_size: in
         "baseline_tokens_per_second": timing.get("baseline_tokens_per_second"),
         "speedup": timing.get("speedup") if source == "engine" else predicted,
         "predicted_speedup": predicted, "predicted_low": prediction.get("low"),
+        # engine rows: tokens/s of every repeat (run order), so a measured speedup gets an interval
+        "tokens_per_second_repeats": timing.get("tokens_per_second_repeats"),
+        "baseline_tokens_per_second_repeats": timing.get("baseline_tokens_per_second_repeats"),
         "predicted_high": prediction.get("high"), "predicted_steady_state": prediction.get("steady_state"),
         "oracle_match": oracle_match,
         "tau_definition": TAU_DEFINITION,
@@ -83,6 +86,8 @@ def from_speedup(task: str, m: Any, *, temperature: float, max_new_tokens: int,
         batch_size=m.batch_size, temperature=temperature, max_new_tokens=max_new_tokens, prediction=prediction,
         oracle_match=oracle_match, k=getattr(m, "k", None),
         timing={"tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
+                "tokens_per_second_repeats": [s.tokens_per_second for s in (m.speculative_runs or [m.speculative])],
+                "baseline_tokens_per_second_repeats": [b.tokens_per_second for b in (m.baseline_runs or [m.baseline])],
                 "speedup": m.speedup, "c": m.c, "target_step_seconds": m.target_step_seconds,
                 "verify_step_seconds": m.verify_step_seconds, "draft_step_seconds": m.draft_step_seconds,
                 "overhead_step_seconds": m.speculative.overhead_seconds / max(m.speculative.verify_forwards, 1)})
