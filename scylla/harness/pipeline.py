@@ -33,7 +33,7 @@ from scylla.harness.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobOutcome", "JobContext", "PreparedModel", "DraftFamily", "run_job", "register_draft_family",
+__all__ = ["JobOutcome", "JobContext", "PreparedModel", "DraftFamily", "run_job", "prepare_job", "register_draft_family",
            "DRAFT_BUILDERS", "mtp_measure_fn",
            "resolve_device", "resolve_threads", "available_cores"]
 
@@ -387,6 +387,28 @@ def resolve_path(path: str) -> Path:
         return p.resolve()
 
 
+def prepare_job(job: ScyllaConfig, *, device: str, threads: int, tracker: Tracker) -> tuple[JobContext, PreparedModel]:
+    """The context and draft of a validated job, ready to measure: tokenizer, the checks that need it
+    (before any training), the target, then the draft (trained or loaded from the cache). `run_job`
+    measures them; a study's validation (`scylla.harness.validation`) decodes chosen cells with them."""
+    ctx = JobContext(cfg=job, cache_dir=resolve_path(job.paths.cache_dir), device=device, threads=threads,
+                     tracker=tracker, progress=job.runtime.progress)
+    with _timed(ctx, "tokenizer"):
+        ctx.tokenizer = build_tokenizer(ctx)
+    from scylla.preflight import check_job
+
+    check_job(job, ctx.tokenizer)  # before any training: a mismatch found after it costs hours
+    if job.target.source != "preset":  # a real model ends its answers (chat tasks) with its EOS
+        ctx.eos_token_id = int(ctx.tokenizer.eos_token_id)
+    family = draft_family(job.draft.family)
+    if family.needs_target:
+        with _timed(ctx, "target"):
+            ctx.target = build_target(ctx)
+    with _timed(ctx, "draft"):
+        draft = family.build(ctx)
+    return ctx, draft
+
+
 def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]] = None,
             sweep_jobs: Optional[int] = None, overrides: Optional[list[str]] = None,
             tracker: Optional[Tracker] = None) -> JobOutcome:
@@ -422,22 +444,8 @@ def run_job(cfg: DictConfig | ScyllaConfig, *, launcher: Optional[dict[str, Any]
         )
         exit_code = 1
         try:
-            ctx = JobContext(cfg=job, cache_dir=resolve_path(job.paths.cache_dir), device=device, threads=threads,
-                             tracker=tracker, progress=job.runtime.progress)
             created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with _timed(ctx, "tokenizer"):
-                ctx.tokenizer = build_tokenizer(ctx)
-            from scylla.preflight import check_job
-
-            check_job(job, ctx.tokenizer)  # before any training: a mismatch found after it costs hours
-            if job.target.source != "preset":  # a real model ends its answers (chat tasks) with its EOS
-                ctx.eos_token_id = int(ctx.tokenizer.eos_token_id)
-            family = draft_family(job.draft.family)
-            if family.needs_target:
-                with _timed(ctx, "target"):
-                    ctx.target = build_target(ctx)
-            with _timed(ctx, "draft"):
-                draft = family.build(ctx)
+            ctx, draft = prepare_job(job, device=device, threads=threads, tracker=tracker)
             with _timed(ctx, "eval"):
                 measurements = measure(ctx, draft)
             ctx.timings["total_seconds"] = time.perf_counter() - t_start
