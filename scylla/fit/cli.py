@@ -27,6 +27,7 @@ from .core import compare_forms
 from .core import FitError, FitResult, fit_law, single_thread_blas
 from .cost import fit_cost_model
 from .inputs import check_arguments, drop_non_finite
+from .eagle3 import eagle3_rows, eagle3_table, headline_shape, training_vs_served
 from .mtp import mtp_rows, mtp_summary, mtp_table
 from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
 
@@ -149,8 +150,10 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
     llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
     mtp = mtp_rows(frame)
+    eagle = eagle3_rows(frame)
     acc: pd.DataFrame | None = None
     mtp_acc: pd.DataFrame | None = None
+    eagle_acc: pd.DataFrame | None = None
     try:
         acc = acceptance_table(llama)
     except FitError as exc:
@@ -160,10 +163,15 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
             mtp_acc = mtp_table(mtp)
         except FitError as exc:
             notes.append(f"mtp: nothing to fit: {exc}")
-    if acc is None and mtp_acc is None:
+    if len(eagle):
+        try:
+            eagle_acc = eagle3_table(eagle)
+        except FitError as exc:
+            notes.append(f"eagle3: nothing to fit: {exc}")
+    if acc is None and mtp_acc is None and eagle_acc is None:
         summary = {"n_rows": len(frame), "n_configurations": 0, "fits": {}, "comparisons": {},
-                   "recommendation": None, "mtp": None, "notes": [f"nothing to fit: {llama_error}", *notes],
-                   "figures": []}
+                   "recommendation": None, "mtp": None, "eagle3": None,
+                   "notes": [f"nothing to fit: {llama_error}", *notes], "figures": []}
         (out / "fits.json").write_text(json.dumps(summary, indent=2))
         (out / "report.md").write_text(f"# Scylla fit report\n\nNothing to fit: {llama_error}\n")
         return summary
@@ -200,6 +208,9 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     mtp_info = None
     if mtp_acc is not None:
         mtp_info = _fit_mtp(mtp, mtp_acc, compare, fits, data_for, notes, kw)
+    eagle_info = None
+    if eagle_acc is not None:
+        eagle_info = _fit_eagle3(eagle, eagle_acc, compare, fits, data_for, notes, kw)
 
     figures = []
     if plots:
@@ -217,7 +228,8 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     summary = {
         "n_rows": len(frame), "n_configurations": 0 if acc is None else len(acc),
         "fits": {k: v.to_dict() for k, v in fits.items()}, "comparisons": comparisons,
-        "recommendation": rec.to_dict() if rec is not None else None, "mtp": mtp_info, "notes": notes,
+        "recommendation": rec.to_dict() if rec is not None else None, "mtp": mtp_info, "eagle3": eagle_info,
+        "notes": notes,
         "figures": [str(f.relative_to(out)) for f in figures],
         "conventions": {"tau": "tokens per target forward, bonus/correction token included",
                         "intervals": f"{int(round(100 * level))}% bootstrap percentile intervals, seed {seed}"},
@@ -321,6 +333,38 @@ def _fit_mtp(mtp: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[st
     return info
 
 
+def _fit_eagle3(rows: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[str, FitResult],
+                data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any]) -> dict[str, Any]:
+    """EAGLE-3 heads: tau and alpha against ln layers, ln params and ln tokens at the headline shape (each
+    on the slice where the other axis is at its largest), the bounded alpha forms compared beside the
+    log-linear one, and training-time tau against served tau (`scylla.fit.eagle3`)."""
+    shape = headline_shape(table)
+    top = table[table["tree"] == shape]
+    for axis, other in (("draft_layers", "draft_tokens"), ("draft_params", "draft_tokens"),
+                        ("draft_tokens", "draft_layers")):
+        name = axis.removeprefix("draft_")
+        sub = top[top[other] == top[other].max()]
+        if sub[axis].nunique() < 3:
+            notes.append(f"eagle3 tau/alpha vs {name} ({shape}): fewer than 3 distinct values at the largest "
+                         f"{other.removeprefix('draft_')}; no axis law")
+            continue
+        res = _fit_safe(sub, "log_linear", axis, "tau", notes, **kw)
+        if res is not None:
+            fits[f"eagle3_tau_vs_{name}/log_linear"] = res
+            data_for[f"eagle3_tau_vs_{name}/log_linear"] = sub
+        compare(f"eagle3_alpha_vs_{name}", sub, AXIS_FORMS, axis, "alpha")
+    return {"headline_shape": shape, "n_configurations": int(table[CONFIG_COLUMNS].drop_duplicates().shape[0]),
+            "layers": sorted(float(x) for x in table["draft_layers"].unique()),
+            "training_vs_served": training_vs_served(rows),
+            "conventions": {"tau": "1 + accepted / steps, bonus token included",
+                            "train_tau": "1 + sum_k prod_{i<=k} acc_k from the checkpoint's per-step validation "
+                                         "accuracies (SpecForge's simulated_acc_len + 1)",
+                            "params": "the head's own parameters (the target's shared embedding excluded)"}}
+
+
+CONFIG_COLUMNS = ["draft_name", "draft_params", "draft_tokens"]
+
+
 def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | None) -> str:
     lines = ["# Scylla fit report", "",
              f"{summary['n_rows']} result rows, {summary['n_configurations']} draft configurations "
@@ -354,9 +398,31 @@ def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | Non
         lines += ["## Recommendation", "", rec.to_markdown().split("\n", 1)[1]]
     if summary.get("mtp"):
         lines += _mtp_report(summary["mtp"], rec)
+    if summary.get("eagle3"):
+        lines += _eagle3_report(summary["eagle3"])
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _eagle3_report(info: dict) -> list[str]:
+    """The EAGLE-3 section: training-time tau against the tau the oracle and the engine measured."""
+    def num(v: Any, fmt: str = ".2f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["## EAGLE-3 heads", "",
+             f"Axis laws at {info['headline_shape']} (layers {', '.join(f'{x:g}' for x in info['layers'])}); "
+             "tau includes the bonus token.", "",
+             "### Training-time metrics against served acceptance", "",
+             "train tau = 1 + sum_k prod_{i<=k} acc_k (SpecForge's simulated_acc_len + 1) at the checkpoint; "
+             "oracle / engine tau = 1 + accepted / steps on the evaluation prompts.", "",
+             "| head | layers | tokens | shape | train tau | oracle tau | engine tau | served / train (tau - 1) |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in info["training_vs_served"]:
+        lines.append(f"| {r['draft_name']} | {num(r['draft_layers'], 'g')} | {num(r['draft_tokens'], '.4g')} | "
+                     f"{r['tree']} | {num(r['train_tau'])} | {num(r['oracle_tau'])} | {num(r['engine_tau'])} | "
+                     f"{num(r['accepted_over_train'])} |")
+    return lines + [""]
 
 
 def _mtp_report(info: dict, rec: Recommendation | None) -> list[str]:

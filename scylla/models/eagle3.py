@@ -47,7 +47,7 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
 from scylla.models.hf_compat import CACHE_NAME, causal_mask
 from scylla.models.vocab import DraftVocab
 
-__all__ = ["Eagle3Config", "Eagle3Draft", "Eagle3Output", "Eagle3Error", "TTTOutput", "default_layer_ids",
+__all__ = ["Eagle3Config", "Eagle3Draft", "Eagle3CostView", "Eagle3Output", "Eagle3Error", "TTTOutput", "default_layer_ids",
            "specforge_layer_ids", "resolve_layer_ids", "check_target", "build_eagle3", "eagle3_parameter_counts",
            "target_features", "export_eagle3", "import_eagle3", "EXPORT_ARCHITECTURE"]
 
@@ -243,6 +243,10 @@ class Eagle3Draft(Eagle3PreTrainedModel):
     def layer_ids(self) -> list[int]:
         return list(self.config.aux_layer_ids or [])
 
+    def cost_view(self) -> "Eagle3CostView":
+        """This head as a plain causal LM for cost probes (`Eagle3CostView`)."""
+        return Eagle3CostView(self)
+
     # -- vocabulary ----------------------------------------------------------------------------------
     def set_draft_vocab(self, vocab: DraftVocab) -> None:
         """Use ``vocab`` (its size must be ``draft_vocab_size`` over the target's ``vocab_size`` ids)."""
@@ -400,6 +404,27 @@ class Eagle3Draft(Eagle3PreTrainedModel):
             out = torch.matmul(weights, v1)
         out = out.transpose(1, 2).reshape(b, p, -1)
         return attn.o_proj(out)
+
+
+class Eagle3CostView(nn.Module):
+    """The head seen as a plain causal LM, for cost probes (`scylla.measure.probes`): every slot is fed
+    target-shaped states (zeros, 3H wide, through ``fc``), as the first forward of a step is. Deeper
+    depths skip ``fc`` (3H x H per token), so probes overstate them by that much."""
+
+    def __init__(self, draft: "Eagle3Draft") -> None:
+        super().__init__()
+        self.draft = draft
+        self.config = draft.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.draft.embed_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool | None = None,
+                logits_to_keep: int = 0, **kwargs: Any) -> Eagle3Output:
+        aux = self.draft.fc.weight.new_zeros(*input_ids.shape, 3 * self.config.hidden_size)
+        return self.draft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                          use_cache=use_cache, aux_hidden_states=aux, logits_to_keep=logits_to_keep)
 
 
 def build_eagle3(target_config: Any, *, n_layers: int, draft_vocab: DraftVocab, layer_ids: Sequence[int] | None = None,
