@@ -403,6 +403,12 @@ def test_config_presets_and_errors() -> None:
     # the new keys stay out of other families' identities; the feature source is not part of any
     plain = compose([])
     assert "layer_ids" not in identity(plain, "cpu")["draft"]
+    from scylla.harness.pipeline import eagle3_presets_in_sweep
+
+    sweep = validate(compose(["experiment=eagle3", "draft=eagle3-l2"]))
+    assert sweep.target.source == "gguf" and sweep.draft.vocab_size == 8192 and sweep.draft.ttt_steps == 3
+    assert eagle3_presets_in_sweep(sweep) == 4  # four head sizes will read the same target features
+    assert eagle3_presets_in_sweep(validate(compose(["draft=eagle3-l2"]))) == 1
     a = config_hash(compose(["draft=eagle3-l1", "draft.hidden_source=online"]), "cpu")
     assert a == config_hash(compose(["draft=eagle3-l1", "draft.hidden_source=offline"]), "cpu")
     assert a != config_hash(compose(["draft=eagle3-l1", "draft.ttt_steps=3"]), "cpu")
