@@ -445,7 +445,7 @@ def test_pipeline_trains_budgets_records_metrics_and_checks_the_oracle(tmp_path,
     assert prov["budget"] == 4096 and prov["ttt_metrics"]["steps"] == 2
     assert prov["model_class"] == "scylla.models.eagle3.Eagle3Draft"
     model, _ = load_checkpoint(paths[0])
-    assert isinstance(model, Eagle3Draft)
+    assert isinstance(model, Eagle3Draft) and not model.embed_tokens.weight.requires_grad
     twin = list((scylla_cache / "checkpoints").glob(f"d64-L1-h4-f*-v*-2048-*"))
     assert twin and (twin[0] / "provenance.json").is_file()  # the smaller budget of the same run
     from scylla.export import main as export_main

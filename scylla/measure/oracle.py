@@ -11,7 +11,9 @@ teacher-forced draft pass along ``y`` prices every draft length and every static
 - temperature > 0 along a target *sample* ``y``: a sampled chain draft at ``s + j`` was accepted with
   probability ``min(1, q(y) / p(y))`` given the emitted token (docs/oracle.md derives it); a tree of
   deterministic candidates accepts iff ``y[s + j]`` is a candidate (the rank rule again);
-- n-gram lookup: the proposal is a function of the context, so it is replayed along ``y``.
+- n-gram lookup: the proposal is a function of the context, so it is replayed along ``y``;
+- EAGLE-3 heads predict ``y[t]`` differently at each depth (they feed back their own states): their
+  scorer returns one view per depth (`TeacherForced.by_depth`, `scylla.measure.eagle3`).
 
 A small dynamic program over step starts then gives the *expected* counters given ``y``: exact (0/1
 probabilities) at temperature 0, and unbiased estimates of the engine's expected counters at

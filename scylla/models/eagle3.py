@@ -224,6 +224,13 @@ class Eagle3Draft(Eagle3PreTrainedModel):
         self.post_init()
 
     # -- HF plumbing ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> "Eagle3Draft":
+        """`PreTrainedModel.from_pretrained`, with the target's embedding frozen again after loading."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.embed_tokens.weight.requires_grad_(False)
+        return model
+
     def _init_weights(self, module: Any) -> None:
         if isinstance(module, Eagle3Draft):
             return  # d2t / t2d are set by set_draft_vocab or loaded
