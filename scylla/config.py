@@ -264,6 +264,9 @@ class DraftConfig:
         """The `scylla.models.llama.ModelSpec` of this draft (its trunk, for family=mtp)."""
         from scylla.models.llama import ModelSpec
 
+        _check(self.family != "eagle3", "draft.family",
+               "an EAGLE-3 head takes its shape from its target: use scylla.training.eagle3.eagle3_spec(target, ...)")
+
         return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                          ffn_dim=self.ffn_dim, vocab_size=vocab_size)
 
