@@ -118,8 +118,11 @@ def fit_results(
     compute_budget: float | None = None,
     full_grid: bool = False,
     plots: bool = True,
+    checks: pd.DataFrame | None = None,
 ) -> dict[str, dict]:
-    """The whole fitting step on a results table; returns {group: summary} and writes files under `out`."""
+    """The whole fitting step on a results table; returns {group: summary} and writes files under `out`.
+    ``checks``: the records' engine checks (`scylla.harness.results.load_checks`), whose tau the EAGLE-3
+    section sets beside the training-time and oracle tau."""
     out = Path(out)
     need = {"drafted", "accepted", "steps", "draft_params", "draft_tokens"}
     if missing := need - set(table.columns):
@@ -135,16 +138,23 @@ def fit_results(
         key = key if isinstance(key, tuple) else (key,)
         name = _slug(*[f"{k}={v}" for k, v in zip(keys, key)]) or "all"
         gdir = out / name if len(groups) > 1 else out
+        group_checks = None
+        if checks is not None and len(checks) and all(k in checks.columns for k in keys):
+            mask = np.ones(len(checks), dtype=bool)
+            for k, v in zip(keys, key):
+                mask &= (checks[k] == v).to_numpy()
+            group_checks = checks[mask]
         summaries[name] = _fit_group(g, gdir, n_bootstrap=n_bootstrap, seed=seed, level=level,
                                      batch_sizes=batch_sizes, token_budgets=token_budgets, max_gamma=max_gamma,
                                      compute_budget=compute_budget, full_grid=full_grid, plots=plots,
-                                     input_notes=[dropped] if dropped else [])
+                                     input_notes=[dropped] if dropped else [], checks=group_checks)
     return summaries
 
 
 def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, level: float,
                batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
-               compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str]) -> dict:
+               compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str],
+               checks: pd.DataFrame | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = list(input_notes)
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
@@ -210,7 +220,7 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
         mtp_info = _fit_mtp(mtp, mtp_acc, compare, fits, data_for, notes, kw)
     eagle_info = None
     if eagle_acc is not None:
-        eagle_info = _fit_eagle3(eagle, eagle_acc, compare, fits, data_for, notes, kw)
+        eagle_info = _fit_eagle3(eagle, eagle_acc, compare, fits, data_for, notes, kw, checks)
 
     figures = []
     if plots:
@@ -334,7 +344,8 @@ def _fit_mtp(mtp: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[st
 
 
 def _fit_eagle3(rows: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[str, FitResult],
-                data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any]) -> dict[str, Any]:
+                data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any],
+                checks: pd.DataFrame | None = None) -> dict[str, Any]:
     """EAGLE-3 heads: tau and alpha against ln layers, ln params and ln tokens at the headline shape (each
     on the slice where the other axis is at its largest), the bounded alpha forms compared beside the
     log-linear one, and training-time tau against served tau (`scylla.fit.eagle3`)."""
@@ -355,7 +366,7 @@ def _fit_eagle3(rows: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dic
         compare(f"eagle3_alpha_vs_{name}", sub, AXIS_FORMS, axis, "alpha")
     return {"headline_shape": shape, "n_configurations": int(table[CONFIG_COLUMNS].drop_duplicates().shape[0]),
             "layers": sorted(float(x) for x in table["draft_layers"].unique()),
-            "training_vs_served": training_vs_served(rows),
+            "training_vs_served": training_vs_served(rows, checks),
             "conventions": {"tau": "1 + accepted / steps, bonus token included",
                             "train_tau": "1 + sum_k prod_{i<=k} acc_k from the checkpoint's per-step validation "
                                          "accuracies (SpecForge's simulated_acc_len + 1)",
@@ -509,6 +520,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_checks(path: str | None) -> pd.DataFrame | None:
+    """The engine checks of job records (None for tidy tables, wandb or unreadable input)."""
+    if path is None or path.startswith("wandb:") or _table_files_or_none(path) is not None:
+        return None
+    from scylla.harness import results as _results
+
+    try:
+        return _results.load_checks(path)
+    except (ValueError, OSError):
+        return None
+
+
+def _table_files_or_none(path: str) -> list[Path] | None:
+    try:
+        return _table_files(path)
+    except InputError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -516,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                         n_bootstrap=args.n_bootstrap, batch_sizes=args.batch_sizes, token_budgets=args.token_budgets)
         _check_out(args.results, args.out)
         table = load_table(args.results, args.wandb_project)
+        checks = _load_checks(args.results) if not args.wandb_project else None
         if args.task:
             table = table[table["task"].isin(args.task)]
             if table.empty:
@@ -523,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = fit_results(
             table, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, level=args.level,
             batch_sizes=args.batch_sizes, token_budgets=args.token_budgets, max_gamma=args.max_gamma,
-            compute_budget=args.compute_budget, full_grid=args.full_grid, plots=not args.no_plots,
+            compute_budget=args.compute_budget, full_grid=args.full_grid, plots=not args.no_plots, checks=checks,
         )
     except (FitError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -66,13 +66,18 @@ def headline_shape(table: pd.DataFrame) -> str:
     return str(table["tree"].value_counts().idxmax())
 
 
-def training_vs_served(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def training_vs_served(frame: pd.DataFrame, checks: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """Per (head configuration, chain shape): the training-time tau (``draft_train_tau``), the tau of the
     oracle's rows and of the engine's rows (each pooled over tasks and batch sizes: 1 + accepted /
-    steps) and the served / training ratios (of tau, and of tau - 1, the accepted tokens per step)."""
+    steps; engine rows come from the table, or from the jobs' engine ``checks`` when the table has none)
+    and the served / training ratios (of tau, and of tau - 1, the accepted tokens per step)."""
     rows = eagle3_rows(frame) if "family" in frame.columns else frame
     if len(rows) == 0 or "draft_train_tau" not in rows.columns:
         return []
+    if checks is not None and len(checks) and not (rows["source"] == "engine").any():
+        extra = eagle3_rows(checks) if "family" in checks.columns else checks
+        if "draft_train_tau" in extra.columns:
+            rows = pd.concat([rows, extra.assign(source="engine")], ignore_index=True)
     rows = rows[rows["tree"].astype(str).str.startswith("chain:")]
     keys = ["draft_name", "draft_params", "draft_tokens", "draft_n_layers", "tree"]
     out = []
