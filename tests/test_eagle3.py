@@ -288,7 +288,7 @@ def test_export_keys_shapes_and_round_trip(target, heads, prompts, tmp_path, nam
     assert cfg["architectures"] == ["LlamaForCausalLMEagle3"]
     assert cfg["draft_vocab_size"] == head.draft_vocab.size and cfg["vocab_size"] == V
     assert cfg["num_hidden_layers"] == head.n_layers and cfg["hidden_size"] == 32
-    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == IDS
+    assert cfg["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == IDS == cfg["eagle_aux_hidden_state_layer_ids"]
     w = load_file(str(folder / "model.safetensors"))
     h, vd = 32, head.draft_vocab.size
     assert not any(k.startswith("embed_tokens") for k in w)

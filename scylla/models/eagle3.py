@@ -556,6 +556,8 @@ def export_eagle3(model: Eagle3Draft, folder: str | Path, *, dtype: torch.dtype 
         "tie_word_embeddings": False,
         "attention_bias": False,
         "torch_dtype": weight_dtype,
+        # vLLM reads the ids at the top level; EAGLE-style configs nest them in eagle_config.
+        "eagle_aux_hidden_state_layer_ids": list(c.aux_layer_ids or []),
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(c.aux_layer_ids or []),
                          "use_aux_hidden_state": True},
         "scylla": {"format": "scylla-eagle3-export-v1", "target_num_layers": c.target_num_layers,
@@ -583,7 +585,8 @@ def import_eagle3(folder: str | Path, target: torch.nn.Module, *, dtype: torch.d
     if EXPORT_ARCHITECTURE not in (cfg.get("architectures") or []):
         raise Eagle3Error(f"{cfg_path}: architectures {cfg.get('architectures')} do not include {EXPORT_ARCHITECTURE}")
     state = load_file(str(weights))
-    ids = (cfg.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    ids = cfg.get("eagle_aux_hidden_state_layer_ids") or (cfg.get("eagle_config") or {}).get(
+        "eagle_aux_hidden_state_layer_ids")
     tc = target.config
     n_target = int(tc.num_hidden_layers)
     if ids is None:
