@@ -433,6 +433,10 @@ def test_pipeline_trains_budgets_records_metrics_and_checks_the_oracle(tmp_path,
             "eval.tasks=[code]", "decode.batch_sizes=[1,4]"]
     with pytest.raises(ConfigError, match=r"draft.layer_ids.*target with 4 decoder layers"):
         run_job(compose(base + ["draft.layer_ids=[1,2,4]"]))
+    with pytest.raises(ConfigError, match=r"draft.d_model.*target's hidden size \(64\)"):
+        run_job(compose(base + ["draft.d_model=32"]))
+    with pytest.raises(ConfigError, match=r"draft.vocab_size.*larger than the target's vocabulary"):
+        run_job(compose(base + ["draft.vocab_size=1000"]))
     out = run_job(compose(base))
     draft = out.record["draft"]
     assert draft["family"] == "eagle3" and draft["n_layers"] == 1 and draft["layer_ids"] == [2, 2, 1]
