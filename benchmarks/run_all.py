@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-MODULES = ["engine", "oracle", "tree", "train", "fit", "serving", "mtp", "smollm2"]
+MODULES = ["engine", "oracle", "tree", "train", "fit", "serving", "mtp", "smollm2", "eagle3"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,11 @@ __all__ = [
     "config_hash",
 ]
 
-DRAFT_FAMILIES = ("llama", "mtp", "ngram")
+DRAFT_FAMILIES = ("llama", "mtp", "ngram", "eagle3")
+EAGLE3_LOSSES = ("soft_ce", "kl")  # scylla.training.eagle3.LOSSES (kept torch-free here)
+HIDDEN_SOURCES = ("auto", "online", "offline")  # scylla.training.eagle3.HIDDEN_SOURCES
+# Keys only family=eagle3 reads: left out of other jobs' identities, so their record keys do not change.
+EAGLE3_KEYS = ("layer_ids", "ttt_steps", "ttt_decay", "loss", "hidden_source", "feature_runs")
 DECODE_METHODS = ("oracle", "engine")
 TOKENIZER_KINDS = ("bpe", "byte", "target")  # plus "pretrained:<name_or_path>"
 TARGET_SOURCES = ("preset", "pretrained", "gguf")
@@ -208,13 +212,22 @@ class DraftConfig:
     ``tokens`` is the draft's pretraining budget. ``token_budgets`` lists every budget of the sweep
     this job belongs to: jobs that differ only in ``tokens`` then share one branched training run
     (the first job trains all budgets under a lock, the others reuse the checkpoints). ``family:
-    mtp`` selects multi-token-prediction heads (``k`` heads) instead of a separate draft model."""
+    mtp`` selects multi-token-prediction heads (``k`` heads) instead of a separate draft model.
+
+    ``family: eagle3`` is an EAGLE-3 head (docs/eagle3.md): ``n_layers`` draft layers over three of the
+    target's hidden states (``layer_ids``; null: EAGLE's [2, L//2, L-3]); its width is the target's
+    hidden size (``d_model`` null, or equal to it), ``n_heads`` / ``ffn_dim`` null take the target's.
+    ``ttt_steps`` / ``ttt_decay``: the training-time test (SpecForge 7 / 0.8, ModelOpt 3 / 0.9);
+    ``loss``: soft_ce or kl against the target's distribution over the draft vocabulary;
+    ``hidden_source``: the target's states online, from an offline cache, or auto (measured);
+    ``feature_runs``: head sizes expected to share the offline features (null: the EAGLE-3 presets of
+    ``axes.drafts``), which the auto decision weighs."""
 
     name: str = "draft"
     family: str = "llama"
-    d_model: int = 64
+    d_model: Optional[int] = 64
     n_layers: int = 2
-    n_heads: int = 4
+    n_heads: Optional[int] = 4
     ffn_dim: Optional[int] = None
     tokens: int = 2_000_000
     token_budgets: Optional[list[int]] = None
@@ -228,19 +241,33 @@ class DraftConfig:
     # Reduced draft vocabulary (EAGLE-3's d2t/t2d): the draft predicts only the vocab_size most frequent
     # target tokens of its training split; null = the full target vocabulary.
     vocab_size: Optional[int] = None
+    # family=eagle3 (see the class doc).
+    layer_ids: Optional[list[int]] = None
+    ttt_steps: int = 7
+    ttt_decay: float = 0.8
+    loss: str = "soft_ce"
+    hidden_source: str = "auto"
+    feature_runs: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "draft.name", "must be a non-empty string")
         _check(self.vocab_size is None or self.vocab_size >= 2, "draft.vocab_size",
                f"must be >= 2 or null (the full target vocabulary), got {self.vocab_size!r}")
-        _check(self.vocab_size is None or self.family == "llama", "draft.vocab_size",
-               f"a reduced vocabulary is for family=llama drafts; set it to null for family={self.family}")
+        _check(self.vocab_size is None or self.family in ("llama", "eagle3"), "draft.vocab_size",
+               f"a reduced vocabulary is for family=llama or eagle3 drafts; set it to null for family={self.family}")
         _check(self.family in DRAFT_FAMILIES, "draft.family",
                f"unknown family {self.family!r}; use one of {list(DRAFT_FAMILIES)}")
         if self.family == "ngram":
             _check(1 <= self.ngram_min <= self.ngram_max, "draft.ngram_min",
                    f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min} and {self.ngram_max}")
-        _check_shape("draft", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
+        if self.family == "eagle3":
+            self._check_eagle3()
+        else:
+            _check(self.d_model is not None, "draft.d_model", f"family={self.family} needs a width (got null)")
+            _check(self.n_heads is not None, "draft.n_heads", f"family={self.family} needs n_heads (got null)")
+            _check(self.layer_ids is None, "draft.layer_ids",
+                   f"is only used by family=eagle3 (the target layers a head reads); set it to null")
+            _check_shape("draft", self.d_model, self.n_layers, self.n_heads, self.ffn_dim)
         _check(self.tokens is not None and self.tokens >= 1, "draft.tokens",
                f"the token budget must be a positive number of tokens, got {self.tokens!r}")
         if self.token_budgets is not None:
@@ -261,9 +288,32 @@ class DraftConfig:
             _check(not self.parameter_matched, "draft.parameter_matched",
                    "is only used by family=mtp; set it to false")
 
+    def _check_eagle3(self) -> None:
+        _positive(self.n_layers, "draft.n_layers")
+        for name in ("d_model", "n_heads", "ffn_dim"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"draft.{name}",
+                   f"must be >= 1 or null (the target's, for family=eagle3), got {value!r}")
+        if self.layer_ids is not None:
+            ids = list(self.layer_ids)
+            _check(len(ids) == 3, "draft.layer_ids",
+                   f"an EAGLE-3 head fuses three target layers (low, middle, high); give three ids, got {ids}")
+            _check(all(i >= 0 for i in ids), "draft.layer_ids",
+                   f"layer ids count the target's decoder layers from 0, got {ids}")
+        _positive(self.ttt_steps, "draft.ttt_steps")
+        _check(0 < self.ttt_decay <= 1, "draft.ttt_decay", f"must lie in (0, 1], got {self.ttt_decay}")
+        _check(self.loss in EAGLE3_LOSSES, "draft.loss", f"use one of {list(EAGLE3_LOSSES)}, got {self.loss!r}")
+        _check(self.hidden_source in HIDDEN_SOURCES, "draft.hidden_source",
+               f"use one of {list(HIDDEN_SOURCES)}, got {self.hidden_source!r}")
+        _check(self.feature_runs is None or self.feature_runs >= 1, "draft.feature_runs",
+               f"must be >= 1 or null, got {self.feature_runs!r}")
+
     def to_spec(self, vocab_size: int) -> Any:
         """The `scylla.models.llama.ModelSpec` of this draft (its trunk, for family=mtp)."""
         from scylla.models.llama import ModelSpec
+
+        _check(self.family != "eagle3", "draft.family",
+               "an EAGLE-3 head takes its shape from its target: use scylla.training.eagle3.eagle3_spec(target, ...)")
 
         return ModelSpec(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                          ffn_dim=self.ffn_dim, vocab_size=vocab_size)
@@ -805,7 +855,11 @@ def identity(cfg: DictConfig | ScyllaConfig, device: str) -> dict[str, Any]:
     ident = {k: plain[k] for k in IDENTITY_KEYS}
     # Which budgets train together is scheduling, not measurement: a budget's checkpoint is the
     # same whichever other budgets share its run (WSD branches off one trunk).
-    ident["draft"] = {k: v for k, v in ident["draft"].items() if k != "token_budgets"}
+    # So is where an EAGLE-3 head's features come from (a speed choice; both give the same inputs).
+    ident["draft"] = {k: v for k, v in ident["draft"].items()
+                      if k not in ("token_budgets", "hidden_source", "feature_runs")}
+    if ident["draft"].get("family") != "eagle3":
+        ident["draft"] = {k: v for k, v in ident["draft"].items() if k not in EAGLE3_KEYS}
     if ident["data"].get("source", "corpus") == "corpus":  # as before the data-source axis existed
         ident["data"] = {k: v for k, v in ident["data"].items() if k not in ("source", "responses")}
     ident["train"] = {k: v for k, v in ident["train"].items() if k not in _TRAIN_NON_KEY}

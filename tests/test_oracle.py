@@ -105,8 +105,8 @@ def _wrong_teacher_forced(target, draft):
     instead of min(1, q(y) / p(y)) for the emitted token y."""
     real = oracle_mod.teacher_forced
 
-    def scorer(d, cont, temperature):
-        tf = real(d, cont, temperature)
+    def scorer(d, cont, temperature, **kwargs):
+        tf = real(d, cont, temperature, **kwargs)
         logq = []
         for i, y in enumerate(cont.tokens):
             seq = torch.tensor([cont.prompts[cont.row_prompt[i]] + y])

@@ -358,15 +358,15 @@ def test_reduced_vocabulary_is_exported_but_not_claimed_servable(tmp_path):
 
 def test_unregistered_family_and_atomic_writes(tmp_path, llama_checkpoint):
     record = _llama_study(llama_checkpoint)[0]
-    eagle = {**record, "draft": {**record["draft"], "family": "eagle3"}}
-    with pytest.raises(deploy.ExportError, match="no exporter registered for family 'eagle3'"):
+    eagle = {**record, "draft": {**record["draft"], "family": "medusa"}}
+    with pytest.raises(deploy.ExportError, match="no exporter registered for family 'medusa'"):
         deploy.export_draft(eagle, tmp_path / "x")
-    assert "eagle3" not in deploy.engine_families()["vllm"]
+    assert "medusa" not in deploy.engine_families()["vllm"]
     rec = serving.recommend_cells([eagle], n_boot=10)
     assert not rec.deploy["vllm"]["speculation"] and rec.deploy["any"]["speculation"]
     out = tmp_path / "serving"
     deploy.write_serving(rec, out)
-    assert "no exporter registered for family 'eagle3'" in (out / "serving.md").read_text()
+    assert "no exporter registered for family 'medusa'" in (out / "serving.md").read_text()
     before = sorted(p.name for p in out.iterdir())
 
     def boom(record, dest):
@@ -374,12 +374,12 @@ def test_unregistered_family_and_atomic_writes(tmp_path, llama_checkpoint):
         (dest / "half.bin").write_text("x")
         raise RuntimeError("disk full")
 
-    assert deploy.register_exporter("eagle3", boom) is None
+    assert deploy.register_exporter("medusa", boom) is None
     try:
         with pytest.raises(RuntimeError, match="disk full"):
             deploy.write_serving(serving.recommend_cells([eagle], n_boot=10), out)
     finally:
-        assert deploy.register_exporter("eagle3", None) is boom
+        assert deploy.register_exporter("medusa", None) is boom
     assert sorted(p.name for p in out.iterdir()) == before  # the old folder is untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".serving")] == []
 

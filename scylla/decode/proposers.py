@@ -24,7 +24,8 @@ from scylla.decode.target import FeatureSpec, left_pad
 from scylla.decode.tree import TokenTree, TreeSpec
 from scylla.decode.verify import Verdict, probs
 
-__all__ = ["Proposer", "DraftLMProposer", "NgramProposer", "register_proposer", "make_proposer"]
+__all__ = ["Proposer", "DraftLMProposer", "NgramProposer", "register_proposer", "make_proposer", "ancestor_matrix",
+           "pool_is_ancestor"]
 
 
 class Proposer:
@@ -200,7 +201,7 @@ class DraftLMProposer(Proposer):
         parent_all, depth_all = (x.to(dev) for x in self._static)
         n = spec.size
         parent, node_depth = parent_all[:n], depth_all[:n]
-        anc = _ancestor_matrix(parent)  # [1+N, 1+N]
+        anc = ancestor_matrix(parent)  # [1+N, 1+N]
         base_len = self.lm.length
         root_pos = self.lm.next_pos - 1
         tokens = torch.zeros(b, n, dtype=torch.long, device=dev)
@@ -248,7 +249,7 @@ class DraftLMProposer(Proposer):
             par_all = torch.cat(pool_parent, 1)
             # Frontier slots see the prompt, the fed ancestors of their node, and themselves.
             fed_ids = torch.cat(fed_pool, 1) if fed_pool else torch.zeros(b, 0, dtype=torch.long, device=dev)
-            anc_f = _pool_is_ancestor(par_all, frontier, fed_ids)  # [B, K, fed]
+            anc_f = pool_is_ancestor(par_all, frontier, fed_ids)  # [B, K, fed]
             old = torch.ones(b, k, base_len, dtype=torch.bool, device=dev)
             own = torch.eye(k, dtype=torch.bool, device=dev).expand(b, k, k)
             visible = torch.cat([old, anc_f, own], 2)
@@ -311,7 +312,7 @@ class DraftLMProposer(Proposer):
         self._fed, self._region = None, 0
 
 
-def _ancestor_matrix(parent: torch.Tensor) -> torch.Tensor:
+def ancestor_matrix(parent: torch.Tensor) -> torch.Tensor:
     """bool [1+N, 1+N] ancestor-or-self matrix of one tree (block slots, root = 0)."""
     n = parent.numel()
     anc = torch.eye(n + 1, dtype=torch.bool, device=parent.device)
@@ -320,7 +321,7 @@ def _ancestor_matrix(parent: torch.Tensor) -> torch.Tensor:
     return anc
 
 
-def _pool_is_ancestor(pool_parent: torch.Tensor, nodes: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def pool_is_ancestor(pool_parent: torch.Tensor, nodes: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """bool [B, M, C]: candidate pool id c is a strict ancestor of node m (parents: -1 = root)."""
     out = torch.zeros(nodes.shape[0], nodes.shape[1], candidates.shape[1], dtype=torch.bool, device=nodes.device)
     cur = nodes

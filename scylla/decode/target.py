@@ -59,8 +59,8 @@ class TargetRunner:
     def _run(self, tokens: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor | None,
              visible: torch.Tensor | None, last_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         extra = dict(self.features.forward_kwargs) if self.features is not None else {}
-        out = self.lm.append(tokens, valid, positions=positions, visible=visible,
-                             last_only=last_only and self.features is None, **extra)
+        # Features (hidden states) come for every slot whatever ``last_only`` trims from the logits.
+        out = self.lm.append(tokens, valid, positions=positions, visible=visible, last_only=last_only, **extra)
         feats = self.features.read(out) if self.features is not None and self.features.read is not None else None
         logits = out.logits[:, -1:] if last_only else out.logits
         return logits.float(), feats

@@ -30,6 +30,7 @@ from .core import compare_forms
 from .core import FitError, FitResult, fit_law, single_thread_blas
 from .cost import fit_cost_model
 from .inputs import check_arguments, drop_non_finite
+from .eagle3 import eagle3_rows, eagle3_table, headline_shape, training_vs_served
 from .mtp import mtp_rows, mtp_summary, mtp_table
 from .recommend import Recommendation, acceptance_table, candidate_drafts, recommend
 from .shape import best_shape_per_batch
@@ -121,8 +122,11 @@ def fit_results(
     compute_budget: float | None = None,
     full_grid: bool = False,
     plots: bool = True,
+    checks: pd.DataFrame | None = None,
 ) -> dict[str, dict]:
-    """The whole fitting step on a results table; returns {group: summary} and writes files under `out`."""
+    """The whole fitting step on a results table; returns {group: summary} and writes files under `out`.
+    ``checks``: the records' engine checks (`scylla.harness.results.load_checks`), whose tau the EAGLE-3
+    section sets beside the training-time and oracle tau."""
     out = Path(out)
     need = {"drafted", "accepted", "steps", "draft_params", "draft_tokens"}
     if missing := need - set(table.columns):
@@ -138,23 +142,32 @@ def fit_results(
         key = key if isinstance(key, tuple) else (key,)
         name = _slug(*[f"{k}={v}" for k, v in zip(keys, key)]) or "all"
         gdir = out / name if len(groups) > 1 else out
+        group_checks = None
+        if checks is not None and len(checks) and all(k in checks.columns for k in keys):
+            mask = np.ones(len(checks), dtype=bool)
+            for k, v in zip(keys, key):
+                mask &= (checks[k] == v).to_numpy()
+            group_checks = checks[mask]
         summaries[name] = _fit_group(g, gdir, n_bootstrap=n_bootstrap, seed=seed, level=level,
                                      batch_sizes=batch_sizes, token_budgets=token_budgets, max_gamma=max_gamma,
                                      compute_budget=compute_budget, full_grid=full_grid, plots=plots,
-                                     input_notes=[dropped] if dropped else [])
+                                     input_notes=[dropped] if dropped else [], checks=group_checks)
     return summaries
 
 
 def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, level: float,
                batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
-               compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str]) -> dict:
+               compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str],
+               checks: pd.DataFrame | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = list(input_notes)
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
     llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
     mtp = mtp_rows(frame)
+    eagle = eagle3_rows(frame)
     acc: pd.DataFrame | None = None
     mtp_acc: pd.DataFrame | None = None
+    eagle_acc: pd.DataFrame | None = None
     try:
         acc = acceptance_table(llama)
     except FitError as exc:
@@ -164,10 +177,15 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
             mtp_acc = mtp_table(mtp)
         except FitError as exc:
             notes.append(f"mtp: nothing to fit: {exc}")
-    if acc is None and mtp_acc is None:
+    if len(eagle):
+        try:
+            eagle_acc = eagle3_table(eagle)
+        except FitError as exc:
+            notes.append(f"eagle3: nothing to fit: {exc}")
+    if acc is None and mtp_acc is None and eagle_acc is None:
         summary = {"n_rows": len(frame), "n_configurations": 0, "fits": {}, "comparisons": {},
-                   "recommendation": None, "mtp": None, "notes": [f"nothing to fit: {llama_error}", *notes],
-                   "figures": []}
+                   "recommendation": None, "mtp": None, "eagle3": None,
+                   "notes": [f"nothing to fit: {llama_error}", *notes], "figures": []}
         (out / "fits.json").write_text(json.dumps(summary, indent=2))
         (out / "report.md").write_text(f"# Scylla fit report\n\nNothing to fit: {llama_error}\n")
         return summary
@@ -204,6 +222,9 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     mtp_info = None
     if mtp_acc is not None:
         mtp_info = _fit_mtp(mtp, mtp_acc, compare, fits, data_for, notes, kw)
+    eagle_info = None
+    if eagle_acc is not None:
+        eagle_info = _fit_eagle3(eagle, eagle_acc, compare, fits, data_for, notes, kw, checks)
 
     figures = []
     if plots:
@@ -221,7 +242,8 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     summary = {
         "n_rows": len(frame), "n_configurations": 0 if acc is None else len(acc),
         "fits": {k: v.to_dict() for k, v in fits.items()}, "comparisons": comparisons,
-        "recommendation": rec.to_dict() if rec is not None else None, "mtp": mtp_info, "notes": notes,
+        "recommendation": rec.to_dict() if rec is not None else None, "mtp": mtp_info, "eagle3": eagle_info,
+        "notes": notes,
         "figures": [str(f.relative_to(out)) for f in figures],
         "conventions": {"tau": "tokens per target forward, bonus/correction token included",
                         "intervals": f"{int(round(100 * level))}% bootstrap percentile intervals, seed {seed}"},
@@ -351,6 +373,39 @@ def _fit_mtp(mtp: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[st
     return info
 
 
+def _fit_eagle3(rows: pd.DataFrame, table: pd.DataFrame, compare: Any, fits: dict[str, FitResult],
+                data_for: dict[str, pd.DataFrame], notes: list[str], kw: dict[str, Any],
+                checks: pd.DataFrame | None = None) -> dict[str, Any]:
+    """EAGLE-3 heads: tau and alpha against ln layers, ln params and ln tokens at the headline shape (each
+    on the slice where the other axis is at its largest), the bounded alpha forms compared beside the
+    log-linear one, and training-time tau against served tau (`scylla.fit.eagle3`)."""
+    shape = headline_shape(table)
+    top = table[table["tree"] == shape]
+    for axis, other in (("draft_layers", "draft_tokens"), ("draft_params", "draft_tokens"),
+                        ("draft_tokens", "draft_layers")):
+        name = axis.removeprefix("draft_")
+        sub = top[top[other] == top[other].max()]
+        if sub[axis].nunique() < 3:
+            notes.append(f"eagle3 tau/alpha vs {name} ({shape}): fewer than 3 distinct values at the largest "
+                         f"{other.removeprefix('draft_')}; no axis law")
+            continue
+        res = _fit_safe(sub, "log_linear", axis, "tau", notes, **kw)
+        if res is not None:
+            fits[f"eagle3_tau_vs_{name}/log_linear"] = res
+            data_for[f"eagle3_tau_vs_{name}/log_linear"] = sub
+        compare(f"eagle3_alpha_vs_{name}", sub, AXIS_FORMS, axis, "alpha")
+    return {"headline_shape": shape, "n_configurations": int(table[CONFIG_COLUMNS].drop_duplicates().shape[0]),
+            "layers": sorted(float(x) for x in table["draft_layers"].unique()),
+            "training_vs_served": training_vs_served(rows, checks),
+            "conventions": {"tau": "1 + accepted / steps, bonus token included",
+                            "train_tau": "1 + sum_k prod_{i<=k} acc_k from the checkpoint's per-step validation "
+                                         "accuracies (SpecForge's simulated_acc_len + 1)",
+                            "params": "the head's own parameters (the target's shared embedding excluded)"}}
+
+
+CONFIG_COLUMNS = ["draft_name", "draft_params", "draft_tokens"]
+
+
 def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | None) -> str:
     lines = ["# Scylla fit report", "",
              f"{summary['n_rows']} result rows, {summary['n_configurations']} draft configurations "
@@ -384,9 +439,31 @@ def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | Non
         lines += ["## Recommendation", "", rec.to_markdown().split("\n", 1)[1]]
     if summary.get("mtp"):
         lines += _mtp_report(summary["mtp"], rec)
+    if summary.get("eagle3"):
+        lines += _eagle3_report(summary["eagle3"])
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _eagle3_report(info: dict) -> list[str]:
+    """The EAGLE-3 section: training-time tau against the tau the oracle and the engine measured."""
+    def num(v: Any, fmt: str = ".2f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lines = ["## EAGLE-3 heads", "",
+             f"Axis laws at {info['headline_shape']} (layers {', '.join(f'{x:g}' for x in info['layers'])}); "
+             "tau includes the bonus token.", "",
+             "### Training-time metrics against served acceptance", "",
+             "train tau = 1 + sum_k prod_{i<=k} acc_k (SpecForge's simulated_acc_len + 1) at the checkpoint; "
+             "oracle / engine tau = 1 + accepted / steps on the evaluation prompts.", "",
+             "| head | layers | tokens | shape | train tau | oracle tau | engine tau | served / train (tau - 1) |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in info["training_vs_served"]:
+        lines.append(f"| {r['draft_name']} | {num(r['draft_layers'], 'g')} | {num(r['draft_tokens'], '.4g')} | "
+                     f"{r['tree']} | {num(r['train_tau'])} | {num(r['oracle_tau'])} | {num(r['engine_tau'])} | "
+                     f"{num(r['accepted_over_train'])} |")
+    return lines + [""]
 
 
 def _mtp_report(info: dict, rec: Recommendation | None) -> list[str]:
@@ -543,6 +620,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_checks(path: str | None) -> pd.DataFrame | None:
+    """The engine checks of job records (None for tidy tables, wandb or unreadable input)."""
+    if path is None or path.startswith("wandb:") or _table_files_or_none(path) is not None:
+        return None
+    from scylla.harness import results as _results
+
+    try:
+        return _results.load_checks(path)
+    except (ValueError, OSError):
+        return None
+
+
+def _table_files_or_none(path: str) -> list[Path] | None:
+    try:
+        return _table_files(path)
+    except InputError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -550,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                         n_bootstrap=args.n_bootstrap, batch_sizes=args.batch_sizes, token_budgets=args.token_budgets)
         _check_out(args.results, args.out)
         table = load_table(args.results, args.wandb_project)
+        checks = _load_checks(args.results) if not args.wandb_project else None
         if args.task:
             table = table[table["task"].isin(args.task)]
             if table.empty:
@@ -558,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries = fit_results(
             table, args.out, n_bootstrap=args.n_bootstrap, seed=args.seed, level=args.level,
             batch_sizes=args.batch_sizes, token_budgets=args.token_budgets, max_gamma=args.max_gamma,
-            compute_budget=args.compute_budget, full_grid=args.full_grid, plots=not args.no_plots,
+            compute_budget=args.compute_budget, full_grid=args.full_grid, plots=not args.no_plots, checks=checks,
         )
     except (FitError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ from scylla.decode.tree import TreeSpec
 from .serving import ServingError, ServingRecommendation, validation_cells
 
 __all__ = ["ENGINE_METHODS", "ExportError", "ExportResult", "register_exporter", "exporter_for", "engine_families",
-           "export_draft", "export_llama", "export_ngram", "reference_llama", "hydra_draft_yaml",
+           "export_draft", "export_llama", "export_ngram", "export_eagle3", "reference_llama", "hydra_draft_yaml",
            "vllm_speculative_config", "vllm_per_batch_config", "sglang_flags", "write_serving", "serving_name"]
 
 # Which engine method serves each draft family (the engines' own names).
@@ -210,8 +210,26 @@ def export_ngram(record: Mapping[str, Any], dest: Path) -> ExportResult:
                          "its acceptance will differ from the measured one"])
 
 
+def export_eagle3(record: Mapping[str, Any], dest: Path) -> ExportResult:
+    """An EAGLE-3 head in the layout SGLang and vLLM load (`scylla.export`, docs/eagle3.md): vLLM loads
+    any depth, SGLang one layer only; both take the embedding from the target they serve."""
+    from scylla.export import export_checkpoint
+
+    ckpt = _checkpoint(record)
+    export_checkpoint(ckpt, dest)
+    config = json.loads((dest / "config.json").read_text())
+    layers = int(config.get("num_hidden_layers", 1))
+    result = ExportResult("eagle3", dest, {"draft_vocab_size": config.get("draft_vocab_size"), "layers": layers})
+    sglang = None if layers == 1 else (f"SGLang's EAGLE-3 loader takes one draft layer; this head has {layers} "
+                                       "(vLLM loads it)")
+    result.servable = {"vllm": None, "sglang": sglang}
+    result.notes.append("EAGLE-3 head: no embed_tokens in the folder; the serving engine shares the target's")
+    return result
+
+
 register_exporter("llama", export_llama)
 register_exporter("ngram", export_ngram)
+register_exporter("eagle3", export_eagle3)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ import pandas as pd
 
 from scylla.decode.stats import DecodeStats
 from scylla.decode.tree import TreeError, TreeSpec
-from scylla.measure.compose import full_accept_rate, step_cost_terms, step_plan
+from scylla.measure.compose import first_block_widths, step_cost_terms, step_plan
 from scylla.measure.probes import CostDraws, ForwardProbe, OverheadProbe
 
 from .core import FitError
@@ -117,7 +117,7 @@ class _Trace:
 
     steps: np.ndarray
     plain: np.ndarray  # plain decoding's step counts: generated tokens - 1
-    full_accept: float
+    first_widths: tuple[tuple[int, float], ...]  # the draft's first-forward widths and their shares
     batches: set[int] = field(default_factory=set)
 
 
@@ -128,6 +128,7 @@ class _Job:
     family: str
     has_model: bool
     data_source: str
+    reprocess: bool  # the draft re-processes its accepted tokens (EAGLE-3): a wider first forward
     cont_keys: dict[str, str]
     oracle: dict[tuple[str, str], _Trace]
     engine: dict[tuple[str, str], dict[int, dict[str, Any]]]
@@ -154,8 +155,9 @@ def _parse(record: Mapping[str, Any]) -> _Job:
     source = draft.get("data_source") or cfg_draft.get("data_source") or DEFAULT_DATA_SOURCE
     cont = {t: str(v.get("key")) for t, v in (record.get("continuations") or {}).items()
             if isinstance(v, Mapping) and v.get("key")}
-    job = _Job(str(record["run_id"]), dict(record), family, family not in MODEL_FREE_FAMILIES, str(source), cont,
-               {}, {}, [], [])
+    reprocess = bool(record.get("reprocess_accepted", False))  # written by the measurement stage
+    job = _Job(str(record["run_id"]), dict(record), family, family not in MODEL_FREE_FAMILIES, str(source), reprocess,
+               cont, {}, {}, [], [])
     for m in record.get("measurements") or []:
         spec = m.get("speculative") or {}
         task, batch = str(m.get("task")), int(m.get("batch_size"))
@@ -166,9 +168,11 @@ def _parse(record: Mapping[str, Any]) -> _Job:
                 if not spec.get("prompt_steps") or not spec.get("prompt_generated"):
                     job.skipped += 1
                     continue
+                plan = step_plan(TreeSpec.parse(shape), job.has_model, reprocess)
+                widths = first_block_widths(_stats(spec), plan)
                 job.oracle[key] = _Trace(np.asarray(spec["prompt_steps"], float),
                                          np.asarray(spec["prompt_generated"], float) - 1.0,
-                                         full_accept_rate(_stats(spec)))
+                                         tuple(sorted((int(w), float(x)) for w, x in widths.items() if x > 0)))
             job.oracle[key].batches.add(batch)
         elif m.get("speedup") is not None and math.isfinite(float(m["speedup"])):
             job.engine.setdefault((task, shape), {})[batch] = m
@@ -265,26 +269,31 @@ class _Pricer:
         return self._terms[key]
 
     def plan(self, shape: str) -> Any:
-        return self._cached(("plan", shape), lambda: step_plan(TreeSpec.parse(shape), self.job.has_model))
+        return self._cached(("plan", shape),
+                            lambda: step_plan(TreeSpec.parse(shape), self.job.has_model, self.job.reprocess))
 
-    def step_cost(self, shape: str, full_accept: float, batch: int) -> np.ndarray:
-        """(draws, batch + 1): one step's time at m active rows, m = 0..batch. It is linear in the full
-        acceptance rate f (the draft's first forward is 2 tokens wide after a full acceptance), so the
-        parts at f = 0 and f = 1 are cached per shape and mixed."""
-        def part(f: float) -> np.ndarray:
-            plan = self.plan(shape)
-            grid = self._grid(batch)
+    def step_cost(self, shape: str, first_widths: tuple[tuple[int, float], ...], batch: int) -> np.ndarray:
+        """(draws, batch + 1): one step's time at m active rows, m = 0..batch. It is linear in the shares
+        of the draft's first-forward widths (2 tokens after a full acceptance; 1 + accepted tokens for a
+        draft that re-processes them), so the rest of the step and each width's forward are cached and
+        mixed."""
+        plan = self.plan(shape)
+        grid = self._grid(batch)
+
+        def rest() -> np.ndarray:
             g = self._cached(("overhead", plan.draft_forwards, batch),
                              lambda: self.cost.overhead(grid, plan.draft_forwards)).copy()
-            for role, kind, width, weight in step_cost_terms(plan, f):
+            for role, kind, width, weight in step_cost_terms(plan, {}):
                 g += weight * self._cached((role, kind, width, batch), lambda: self.cost.time(role, kind, width, grid))
             return g
 
-        g0 = self._cached(("step", shape, batch, 0.0), lambda: part(0.0))
-        if full_accept == 0.0 or not self.plan(shape).has_draft:
-            return g0
-        g1 = self._cached(("step", shape, batch, 1.0), lambda: part(1.0))
-        return g0 + full_accept * (g1 - g0)
+        g = self._cached(("step", shape, batch), rest)
+        if not plan.has_draft:
+            return g
+        for width, share in first_widths:
+            g = g + share * self._cached(("draft", "decode", width, batch),
+                                         lambda: self.cost.time("draft", "decode", width, grid))
+        return g
 
     def prefill(self, n: int, batch: int, draft: bool) -> np.ndarray:
         """(draws,): the prefills of ``n`` prompts decoded ``batch`` at a time."""
@@ -294,9 +303,10 @@ class _Pricer:
             return out + (self.cost.prefill("draft", sizes).sum(axis=1) if draft else 0.0)
         return self._cached(("prefill", n, batch, draft), make)
 
-    def seconds(self, hist: np.ndarray, n_prompts: int, shape: str, full_accept: float, batch: int) -> np.ndarray:
+    def seconds(self, hist: np.ndarray, n_prompts: int, shape: str, first_widths: tuple[tuple[int, float], ...],
+                batch: int) -> np.ndarray:
         """(draws,) seconds of one shape from its `activity_histogram` (draws, batch + 1)."""
-        return ((hist * self.step_cost(shape, full_accept, batch)).sum(axis=-1)
+        return ((hist * self.step_cost(shape, first_widths, batch)).sum(axis=-1)
                 + self.prefill(n_prompts, batch, self.plan(shape).has_draft))
 
 
@@ -666,7 +676,7 @@ def recommend_cells(
                         else activity_histogram(traces[have][:, idx], b))
                 for h, k in enumerate(have):
                     tr = j.oracle[(task, here[k])]
-                    spec[here[k]][ti, :, bi] = pricer.seconds(hist[h], n, here[k], tr.full_accept, b)
+                    spec[here[k]][ti, :, bi] = pricer.seconds(hist[h], n, here[k], tr.first_widths, b)
                     task_rows.append({"run_id": j.run_id, "shape": here[k], "source": "oracle", "task": task,
                                       "batch_size": b,
                                       "speedup": float(plain[ti, 0, bi] / spec[here[k]][ti, 0, bi])})

@@ -181,7 +181,7 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     from scylla.decode.proposers import Proposer
     from scylla.decode.tree import TreeSpec
     from scylla.measure.compose import predict_speedup, required_widths
-    from scylla.measure.continuations import model_fingerprint, target_continuations
+    from scylla.measure.continuations import target_continuations
     from scylla.measure.oracle import acceptance_oracle
     from scylla.measure.rows import measurement
 
@@ -189,12 +189,17 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     target = ctx.target.model
     proposer = draft.model  # a draft model, or a Proposer (n-gram lookup)
     has_model = not isinstance(proposer, Proposer)
+    # An EAGLE-3 head re-processes the accepted tokens each step (its first forward is 1 + accepted wide)
+    # and is probed through a view that feeds it target-shaped states.
+    reprocess = bool(getattr(proposer, "reprocesses_accepted", False))
+    probe_model = proposer.cost_view() if has_model and hasattr(proposer, "cost_view") else proposer
     specs = [TreeSpec.parse(s) for s in dec.shapes]
     priced = [s for s in specs if s.kind != "dynamic"]
     dynamic = [s for s in specs if s.kind == "dynamic"]
     t0 = time.perf_counter()
-    target_key = model_fingerprint(target)
-    extra: dict[str, Any] = {"continuations": {}, "oracle_seconds": 0.0}
+    target_key = ctx.target_key()
+    # Pricing needs to know (the serving recommender reads it from the record).
+    extra: dict[str, Any] = {"continuations": {}, "oracle_seconds": 0.0, "reprocess_accepted": reprocess}
 
     # 1. acceptance per task
     prompts_by_task, conts, oracles = {}, {}, {}
@@ -217,13 +222,13 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     first = prompts_by_task[cfg.eval.tasks[0]]
     mean_prompt = int(round(sum(map(len, first)) / len(first)))
     context = mean_prompt + dec.max_new_tokens // 2
-    need = required_widths(priced, has_model)
+    need = required_widths(priced, has_model, reprocess)
     request = {"batch_sizes": list(dec.batch_sizes), "context": context, "prefill": mean_prompt,
                "repeats": dec.probe_repeats}
     probes = _cached_probes(ctx, target, "target", {**request, "widths": sorted(need["target"]["decode"]),
                                                     "tree_widths": sorted(need["target"]["tree"])})
     if has_model and priced:
-        probes += _cached_probes(ctx, proposer, "draft", {**request, "widths": sorted(need["draft"]["decode"]),
+        probes += _cached_probes(ctx, probe_model, "draft", {**request, "widths": sorted(need["draft"]["decode"]),
                                                           "tree_widths": sorted(need["draft"]["tree"])})
     overheads = _cached_overheads(ctx, target, None, first, "chain:0", max(1, dec.probe_repeats // 2))
     chains = [s for s in priced if s.is_chain]
@@ -241,7 +246,8 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
         for spec in priced:
             stats = oracles[task][spec.describe()]
             for b in dec.batch_sizes:
-                pred = predict_speedup(stats, b, probes, overheads, has_draft_model=has_model, seed=cfg.seed)
+                pred = predict_speedup(stats, b, probes, overheads, has_draft_model=has_model,
+                                       reprocess_accepted=reprocess, seed=cfg.seed)
                 predictions[(task, spec.describe(), b)] = pred["speedup"]
                 _log(ctx, out, measurement(task, source="oracle", stats=stats.to_dict(), batch_size=b,
                                            temperature=dec.temperature, max_new_tokens=dec.max_new_tokens,
@@ -296,7 +302,9 @@ def _engine_checks(ctx: Any, proposer: Any, priced: list[Any], dynamic: list[Any
                                            max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
                                            eos_token_id=ctx.eos_token_id,
                                            continuations=conts[task].subset(range(n)))[shape]
-                prediction = predict_speedup(oracle, b, probes, overheads, has_draft_model=has_model, seed=cfg.seed)
+                prediction = predict_speedup(oracle, b, probes, overheads, has_draft_model=has_model,
+                                             reprocess_accepted=bool(getattr(proposer, "reprocesses_accepted", False)),
+                                             seed=cfg.seed)
                 if dec.temperature == 0:
                     match = all(getattr(m.speculative, k) == getattr(oracle, k) for k in _COUNTERS)
             _log(ctx, out, from_speedup(task, m, temperature=dec.temperature, max_new_tokens=dec.max_new_tokens,

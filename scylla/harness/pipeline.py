@@ -8,7 +8,8 @@ and the tests call in-process. The stages follow the data flow of docs/design.md
 3. the target: trained for ``target.tokens`` through the checkpoint cache, or loaded pretrained;
 4. the draft, by family (`register_draft_family`): ``llama`` is a separate model; ``mtp`` is one
    multi-token-prediction model that drafts for itself (no separate target), trained for *all* of
-   ``draft.token_budgets`` in one branched run that concurrent jobs share;
+   ``draft.token_budgets`` in one branched run that concurrent jobs share; ``eagle3`` is an EAGLE-3
+   head over the target's hidden states; ``ngram`` is prompt lookup;
 5. speculative against plain decoding on held-out prompts, per task and per batch size (and, for
    ``mtp``, per number of heads k' = 2..k: one row each, ``gamma = k' - 1``);
 6. the record, written atomically to the store *before* anything is sent to wandb.
@@ -34,7 +35,7 @@ from scylla.harness.tracking import Tracker, make_tracker
 log = logging.getLogger(__name__)
 
 __all__ = ["JobOutcome", "JobContext", "PreparedModel", "DraftFamily", "run_job", "prepare_job", "register_draft_family",
-           "DRAFT_BUILDERS", "mtp_measure_fn",
+           "DRAFT_BUILDERS", "mtp_measure_fn", "eagle3_presets_in_sweep",
            "resolve_device", "resolve_threads", "available_cores"]
 
 TAU_DEFINITION = "1 + accepted/steps (bonus/correction token included; 1.00 for plain decoding)"
@@ -126,6 +127,14 @@ class JobContext:
     def train_config(self) -> Any:
         return self.cfg.train.to_train_config(threads=self.threads)
 
+    def target_key(self) -> str:
+        """The target's fingerprint (configuration and weights), computed once per job."""
+        if "target_key" not in self.record_extra:
+            from scylla.measure.continuations import model_fingerprint
+
+            self.record_extra["target_key"] = model_fingerprint(self.target.model)
+        return str(self.record_extra["target_key"])
+
     def training_corpora(self, role: str) -> tuple[list[str], Optional[dict[str, Any]]]:
         """(corpus names, loader options) a model of ``role`` trains on: ``data.corpora``, or for drafts
         with ``data.source=responses`` the target's own answers (`scylla.data.responses`), generated on
@@ -135,14 +144,12 @@ class JobContext:
             return list(d.corpora), dict(d.corpus_options) or None
         if self.responses is None:
             from scylla.data.responses import target_responses
-            from scylla.measure.continuations import model_fingerprint
 
             if self.target is None:
                 raise ConfigError("data.source=responses needs the job's target to generate them")
             self.responses = target_responses(
                 self.target.model, self.tokenizer, d.responses.to_settings(), self.cache_dir,
-                target_key=model_fingerprint(self.target.model), eos_token_id=self.eos_token_id,
-                progress=self.progress)
+                target_key=self.target_key(), eos_token_id=self.eos_token_id, progress=self.progress)
         return [self.responses.corpus_name], None
 
     def data_info(self) -> dict[str, Any]:
@@ -317,9 +324,91 @@ def _ngram_draft(ctx: JobContext) -> PreparedModel:
     return PreparedModel(NgramProposer(depth, n_max=d.ngram_max, n_min=d.ngram_min), info)
 
 
+def eagle3_presets_in_sweep(cfg: ScyllaConfig) -> int:
+    """How many EAGLE-3 head sizes the job's sweep axes train against the same target (at least 1): they
+    read the same target features, which the offline/online decision weighs."""
+    from omegaconf import OmegaConf
+
+    from scylla.config import config_dir
+
+    names = list(cfg.axes.drafts)
+    if cfg.draft.name not in names:
+        return 1
+    count = 0
+    for name in names:
+        path = config_dir() / "draft" / f"{name}.yaml"
+        if path.is_file() and OmegaConf.load(path).get("family") == "eagle3":
+            count += 1
+    return max(1, count)
+
+
+def _eagle3_draft(ctx: JobContext) -> PreparedModel:
+    """An EAGLE-3 head (docs/eagle3.md) over the job's target, trained for every budget of its sweep in
+    one branched run; the record carries its layers, parameters, draft vocabulary and the training-time
+    metrics at the checkpoint (per-step accuracy, simulated acceptance length) beside the tau the oracle
+    and the engine measure."""
+    from scylla.models.eagle3 import Eagle3Error, check_target, eagle3_parameter_counts, resolve_layer_ids
+    from scylla.models.vocab import DraftVocab
+    from scylla.training.checkpoints import load_checkpoint
+    from scylla.training.eagle3 import train_eagle3
+
+    d = ctx.cfg.draft
+    target = ctx.target.model
+    tc = target.config
+    hidden = int(tc.hidden_size)
+    if d.d_model is not None and int(d.d_model) != hidden:
+        raise ConfigError(f"draft.d_model: an EAGLE-3 head's width is its target's hidden size ({hidden}), got "
+                          f"{d.d_model}; set draft.d_model=null")
+    try:
+        layer_ids = resolve_layer_ids(d.layer_ids, int(tc.num_hidden_layers))
+    except Eagle3Error as err:
+        raise ConfigError(f"draft.layer_ids: {err}") from None
+    target_size = int(target.get_input_embeddings().weight.shape[0])
+    if d.vocab_size is not None:
+        from scylla.models.reduced import reduced_vocab_factory
+
+        corpora, options = ctx.training_corpora("draft")
+        factory, vocab_info = reduced_vocab_factory(
+            ctx.tokenizer, corpora, options, ctx.cache_dir, int(d.vocab_size), target_size, seed=ctx.cfg.train.seed)
+        vocab = factory.vocab
+    else:
+        vocab = DraftVocab.full(target_size)
+        vocab_info = {"vocab_size": target_size, "target_vocab_size": target_size, "coverage": 1.0}
+    runs = int(d.feature_runs) if d.feature_runs else eagle3_presets_in_sweep(ctx.cfg)
+    corpora, options = ctx.training_corpora("draft")
+    try:
+        paths = train_eagle3(
+            target, int(d.n_layers), corpora, ctx.tokenizer, d.budgets, ctx.train_config(),
+            ctx.cache_dir, vocab=vocab, layer_ids=layer_ids, ttt_steps=int(d.ttt_steps), ttt_decay=float(d.ttt_decay),
+            loss=d.loss, hidden_source=d.hidden_source, runs_sharing_features=runs, n_heads=d.n_heads,
+            ffn_dim=d.ffn_dim, target_key=ctx.target_key(), progress=ctx.progress,
+            corpus_options=options, logger=lambda event: ctx.tracker.log_train("draft", event), device=ctx.device)
+    except Eagle3Error as err:
+        raise ConfigError(f"draft: {err}") from None
+    path = paths[d.tokens]
+    model, prov = load_checkpoint(path, device=ctx.device)
+    check_target(model.config, target)
+    info = _model_info(model, prov, path)
+    counts = eagle3_parameter_counts(model)
+    ttt = prov.get("ttt_metrics") or {}
+    info.update(
+        name=d.name, family="eagle3", d_model=hidden, n_layers=int(d.n_layers), n_heads=model.config.num_attention_heads,
+        ffn_dim=model.config.intermediate_size, tokens=d.tokens, token_budgets=d.budgets, layer_ids=layer_ids,
+        ttt_steps=int(d.ttt_steps), ttt_decay=float(d.ttt_decay), loss=d.loss,
+        params=counts["draft"], params_non_embedding=counts["non_embedding"], params_total=counts["total"],
+        params_embedding_shared=counts["embedding_shared"],
+        params_note="params: the head's own (fc, layers, norms, LM head); the target's frozen embedding it "
+                    "shares is params_embedding_shared",
+        train_acc_per_step=ttt.get("acc_per_step"), train_simulated_acc_len=ttt.get("simulated_acc_len"),
+        train_simulated_tau=ttt.get("simulated_tau"), train_ttt_metrics=ttt,
+        hidden_source=prov.get("hidden_source"), **vocab_info, **ctx.data_info())
+    return PreparedModel(model, info)
+
+
 register_draft_family("llama", _llama_draft)
 register_draft_family("mtp", _mtp_draft, needs_target=False)
 register_draft_family("ngram", _ngram_draft)
+register_draft_family("eagle3", _eagle3_draft)
 
 
 def draft_family(family: str) -> DraftFamily:

@@ -201,7 +201,27 @@ def record_rows(record: dict[str, Any], part: str = "measurements") -> list[dict
         "created_at": record.get("created_at"),
         "record_path": record.get("record_path"),
     }
-    return [{**common, **flatten(m)} for m in record.get(part) or []]
+    rows = [{**common, **flatten(m)} for m in record.get(part) or []]
+    acc = draft.get("train_acc_per_step")
+    if acc:  # an EAGLE-3 head: its training-time prediction of tau beside the served one
+        for row in rows:
+            row["draft_train_simulated_acc_len"] = _nan(draft.get("train_simulated_acc_len"))
+            row["draft_train_tau"] = _train_tau(acc, row.get("tree"))
+    return rows
+
+
+def _train_tau(acc: list[float], tree: Any) -> float:
+    """tau (bonus token included) that per-step training accuracies predict for a chain of the row's
+    depth: ``1 + sum_k prod_{i<=k} acc_i`` (steps past those trained repeat the last one); NaN for trees."""
+    if not isinstance(tree, str) or not tree.startswith("chain:"):
+        return float("nan")
+    gamma = int(tree.split(":", 1)[1])
+    acc = list(acc) + [acc[-1]] * max(0, gamma - len(acc))
+    total, run = 1.0, 1.0
+    for a in acc[:gamma]:
+        run *= float(a)
+        total += run
+    return total
 
 
 def records_to_frame(records: Iterable[dict[str, Any]], part: str = "measurements") -> pd.DataFrame:

@@ -11,7 +11,9 @@ teacher-forced draft pass along ``y`` prices every draft length and every static
 - temperature > 0 along a target *sample* ``y``: a sampled chain draft at ``s + j`` was accepted with
   probability ``min(1, q(y) / p(y))`` given the emitted token (docs/oracle.md derives it); a tree of
   deterministic candidates accepts iff ``y[s + j]`` is a candidate (the rank rule again);
-- n-gram lookup: the proposal is a function of the context, so it is replayed along ``y``.
+- n-gram lookup: the proposal is a function of the context, so it is replayed along ``y``;
+- EAGLE-3 heads predict ``y[t]`` differently at each depth (they feed back their own states): their
+  scorer returns one view per depth (`TeacherForced.by_depth`, `scylla.measure.eagle3`).
 
 A small dynamic program over step starts then gives the *expected* counters given ``y``: exact (0/1
 probabilities) at temperature 0, and unbiased estimates of the engine's expected counters at
@@ -55,6 +57,9 @@ class TeacherForced:
     top1: list[np.ndarray]
     rank: list[np.ndarray]
     logq: list[np.ndarray] | None
+    # Drafts whose prediction of y[t] depends on how deep in a step it is drafted (EAGLE-3 heads feed
+    # back their own states): ``by_depth[j]`` is the view at depth j + 1; None when it does not.
+    by_depth: list["TeacherForced"] | None = None
 
 
 @torch.inference_mode()
@@ -102,16 +107,24 @@ _SCORERS: list[tuple[Callable[[Any], bool], Callable[[Any, Continuations, float]
 
 
 def register_teacher_forced(matches: Callable[[Any], bool],
-                            scorer: Callable[[Any, Continuations, float], TeacherForced]) -> None:
+                            scorer: Callable[..., TeacherForced]) -> None:
     """Teach the oracle a draft family: ``scorer(draft, continuations, temperature)`` for drafts where
-    ``matches(draft)`` (e.g. EAGLE-3 heads, which also need the target's hidden states)."""
+    ``matches(draft)``. A scorer that declares the keywords ``max_depth`` (the deepest draft position
+    the oracle prices) and ``target`` (the target model) receives them: EAGLE-3 heads need the target's
+    hidden states and return one view per depth (`TeacherForced.by_depth`)."""
     _SCORERS.insert(0, (matches, scorer))
 
 
-def teacher_forced(draft: Any, cont: Continuations, temperature: float) -> TeacherForced:
+def teacher_forced(draft: Any, cont: Continuations, temperature: float, *, max_depth: int = 1,
+                   target: torch.nn.Module | None = None) -> TeacherForced:
+    """The draft's teacher-forced view of the continuations (see `TeacherForced`)."""
+    import inspect
+
     for matches, scorer in _SCORERS:
         if matches(draft):
-            return scorer(draft, cont, temperature)
+            params = inspect.signature(scorer).parameters
+            extra = {k: v for k, v in (("max_depth", max_depth), ("target", target)) if k in params}
+            return scorer(draft, cont, temperature, **extra)
     if not isinstance(draft, torch.nn.Module):
         raise OracleError(f"the oracle cannot price a {type(draft).__name__}; decode it with the engine")
     return _teacher_forced_lm(draft, cont, temperature)
@@ -177,25 +190,33 @@ def _depth_fn(spec: TreeSpec, tf: TeacherForced | None, i: int, cont: Continuati
 
         return ngram_depths
     assert tf is not None
+    views = tf.by_depth if tf.by_depth is not None else [tf] * spec.depth
+    if len(views) < spec.depth:
+        raise OracleError(f"the draft's teacher-forced view covers {len(views)} depths, {spec.describe()} needs "
+                          f"{spec.depth}")
     if spec.is_chain:
-        if temperature == 0:
-            a = tf.top1[i].astype(float)
-        else:
-            logp = np.asarray(cont.logprobs[i][1:], float)
-            a = np.minimum(1.0, np.exp(tf.logq[i] - logp))
-        # Indexed by position t >= 1; past the continuation's end (only behind an accepted EOS, which
-        # ends the row first) a position is judged but can never be accepted.
-        ok = np.concatenate([[0.0], a, np.zeros(spec.depth)])
+        oks = []
+        for view in views[:spec.depth]:
+            if temperature == 0:
+                a = view.top1[i].astype(float)
+            else:
+                logp = np.asarray(cont.logprobs[i][1:], float)
+                a = np.minimum(1.0, np.exp(view.logq[i] - logp))
+            # Indexed by position t >= 1; past the continuation's end (only behind an accepted EOS,
+            # which ends the row first) a position is judged but can never be accepted.
+            oks.append(np.concatenate([[0.0], a, np.zeros(spec.depth)]))
 
         def chain_depths(s: int) -> list[tuple[float, int]]:
-            return [(float(ok[t]), 1) for t in range(s, s + spec.depth)]
+            return [(float(oks[t - s][t]), 1) for t in range(s, s + spec.depth)]
 
         return chain_depths
-    rank = np.concatenate([[NOT_IN_VOCAB], tf.rank[i], np.full(spec.depth, NOT_IN_VOCAB)])
+    ranks = [np.concatenate([[NOT_IN_VOCAB], view.rank[i], np.full(spec.depth, NOT_IN_VOCAB)])
+             for view in views[:spec.depth]]
     nodes = [math.prod(spec.branching[: d + 1]) for d in range(spec.depth)]
 
     def tree_depths(s: int) -> list[tuple[float, int]]:
-        return [(1.0 if rank[t] < spec.branching[t - s] else 0.0, nodes[t - s]) for t in range(s, s + spec.depth)]
+        return [(1.0 if ranks[t - s][t] < spec.branching[t - s] else 0.0, nodes[t - s])
+                for t in range(s, s + spec.depth)]
 
     return tree_depths
 
@@ -250,7 +271,8 @@ def acceptance_oracle(
     if [list(p) for p in prompts] != cont.prompts:
         raise OracleError("the continuations belong to other prompts; generate them for these prompts")
     ngram = draft if isinstance(draft, NgramProposer) else None
-    tf = None if ngram is not None else teacher_forced(draft, cont, temperature)
+    tf = None if ngram is not None else teacher_forced(draft, cont, temperature,
+                                                      max_depth=max(s.depth for s in specs), target=target)
     n = len(cont.prompts)
     out: dict[str, DecodeStats] = {}
     for spec in specs:

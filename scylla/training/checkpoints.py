@@ -110,7 +110,8 @@ def save_checkpoint(model: torch.nn.Module, folder: str | Path, provenance: dict
             tokenizer.save(tmp / "tokenizer")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        cls = type(model)
+        # A training wrapper (an EAGLE-3 head with its teacher) names the class that loads what it saved.
+        cls = getattr(model, "checkpoint_class", None) or type(model)
         record = {"format": FORMAT, "model_class": f"{cls.__module__}.{cls.__qualname__}",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
         (tmp / PROVENANCE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))

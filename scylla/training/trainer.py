@@ -212,6 +212,40 @@ def lm_loss(out: Any) -> torch.Tensor:
     return loss
 
 
+def output_metrics(out: Any) -> dict[str, float]:
+    """Numbers a model's training output carries besides its loss (``out.metrics``, a dict of floats,
+    e.g. an EAGLE-3 head's per-step accuracy): they join the training log records."""
+    metrics = out.get("metrics") if isinstance(out, dict) else getattr(out, "metrics", None)
+    return {str(k): float(v) for k, v in (metrics or {}).items()}
+
+
+def checkpoint_extras(model: torch.nn.Module, val: dict[str, torch.Tensor], batch_size: int,
+                      device: torch.device) -> dict[str, Any]:
+    """What a model adds to each checkpoint's provenance (and log) besides its validation loss: the
+    result of ``model.checkpoint_extras(val, batch_size, device)`` when the model has that method (an
+    EAGLE-3 head's training-time-test metrics and how its features were computed), else nothing."""
+    hook = getattr(model, "checkpoint_extras", None)
+    if hook is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        extras = hook(val, batch_size, device)
+    finally:
+        model.train(was_training)
+    return dict(extras or {})
+
+
+def _flat_numbers(obj: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 def _next_token_loss(out: Any) -> torch.Tensor:
     """Head-1 loss of a multi-token model (its ``.loss`` sums every head), else ``.loss``: validation
     losses of MTP models and plain drafts stay comparable."""
@@ -286,7 +320,8 @@ class _Run:
             group["lr"] = lr
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = lm_loss(self.model(input_ids=x, labels=y))
+            out = self.model(input_ids=x, labels=y)
+            loss = lm_loss(out)
         if not torch.isfinite(loss):
             raise TrainError(f"non-finite training loss at step {step} ({phase}); lower lr (now {lr:.3g})")
         loss.backward()
@@ -303,7 +338,7 @@ class _Run:
         if self.logger is not None and (step + 1) % max(1, self.cfg.log_every) == 0:
             self.logger({"phase": phase, "budget": budget, "step": step + 1,
                          "tokens": step * self.cfg.tokens_per_step + n, "loss": value, "lr": lr,
-                         "tokens_per_s": n / dt})
+                         "tokens_per_s": n / dt, **output_metrics(out)})
         if phase == "trunk" and self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0:
             vl, _ = validation_loss(self.model, self.val, self.cfg.batch_size, self.device)
             self._log_line({"phase": phase, "step": step + 1, "val_loss": vl})
@@ -354,6 +389,7 @@ class _Run:
                 save_train_state(prefix, self.model, self.optimizer, {"step": step, "run_key": self.run_key})
                 self.last_save = time.monotonic()
         vl, per = validation_loss(self.model, self.val, self.cfg.batch_size, self.device)
+        extras = checkpoint_extras(self.model, self.val, self.cfg.batch_size, self.device)
         tokens_seen = sum(branch.step_tokens(s) for s in range(branch.end_step))
         assert tokens_seen == branch.budget
         prov = {
@@ -369,11 +405,13 @@ class _Run:
             "val_loss_by_corpus": per,
             "train_loss_recent": float(np.mean(self.recent_losses)) if self.recent_losses else None,
             "cooldown_seconds": time.perf_counter() - t0,
+            **extras,
         }
-        self._log_line({"phase": "checkpoint", "budget": branch.budget, "val_loss": vl, "val_loss_by_corpus": per})
+        self._log_line({"phase": "checkpoint", "budget": branch.budget, "val_loss": vl, "val_loss_by_corpus": per,
+                        **extras})
         if self.logger is not None:
             self.logger({"phase": "checkpoint", "budget": branch.budget, "tokens": tokens_seen, "val_loss": vl,
-                         **{f"val_loss/{k}": v for k, v in per.items()}})
+                         **{f"val_loss/{k}": v for k, v in per.items()}, **_flat_numbers(extras)})
         path = save_checkpoint(self.model, out_dir, prov, tokenizer=self.tokenizer,
                                extra_files={MANIFEST_FILE: corpus_manifest_json(self.corpora)})
         remove_train_state(prefix)
@@ -570,4 +608,5 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot:
 
 
 __all__ = ["TrainConfig", "TrainError", "train_budgets", "plan_branch", "trunk_lr", "branch_lr", "lm_loss", "make_optimizer",
-           "token_stream", "BatchSampler", "validation_loss", "read_provenance"]
+           "token_stream", "BatchSampler", "validation_loss", "read_provenance", "output_metrics", "checkpoint_extras",
+           "checkpoint_name"]
