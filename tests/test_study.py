@@ -43,6 +43,12 @@ def test_study_runs_fits_reports_and_resumes(python: str, study_env: dict[str, s
     fits = json.loads((pooled / "fits.json").read_text())
     assert fits["n_rows"] == len(table)
     assert not (out.parent / "smoke-study.partial").exists()
+    # the serving recommendation, checked by decoding its cells (and at least 3 others) for real
+    assert (out / "serving" / "serving.json").is_file() and (out / "serving" / "serving.md").is_file()
+    checks = pd.read_csv(out / "validation" / "checks.csv")
+    assert len(checks) >= 4 and checks["role"].str.contains("recommended").any() and checks["oracle_match"].all()
+    assert ((checks["ratio"] - checks["measured_speedup"] / checks["predicted_speedup"]).abs() < 1e-4).all()
+    assert "## Recommendation checked by measurement" in report and "## Serving recommendation" in report
 
     # resume: every job has a record, so the sweep is not launched again
     again = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "--n-bootstrap", "20",

@@ -29,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock
 
-__all__ = ["measure"]
+__all__ = ["measure", "check_cell", "task_prompts"]
 
 _COUNTERS = ("prompt_drafted", "prompt_accepted", "prompt_steps", "prompt_generated", "accepted_per_position",
              "reached_per_position")
@@ -43,7 +43,8 @@ def measure(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     return _measure_oracle(ctx, draft)
 
 
-def _prompts(ctx: Any, task: str) -> list[list[int]]:
+def task_prompts(ctx: Any, task: str) -> list[list[int]]:
+    """The job's held-out prompts of ``task`` (``eval.*``), as every measurement of the job uses them."""
     from scylla.data.tasks import eval_prompts
 
     e = ctx.cfg.eval
@@ -75,7 +76,7 @@ def _measure_engine(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     try:
         for task in cfg.eval.tasks:
-            prompts = _prompts(ctx, task)
+            prompts = task_prompts(ctx, task)
             for shape in shapes:
                 for batch in cfg.decode.batch_sizes:
                     kwargs = dict(batch_size=batch, max_new_tokens=cfg.decode.max_new_tokens,
@@ -204,7 +205,7 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     # 1. acceptance per task
     prompts_by_task, conts, oracles = {}, {}, {}
     for task in cfg.eval.tasks:
-        prompts = prompts_by_task[task] = _prompts(ctx, task)
+        prompts = prompts_by_task[task] = task_prompts(ctx, task)
         cont = conts[task] = target_continuations(
             target, prompts, max_new_tokens=dec.max_new_tokens, temperature=dec.temperature, seed=cfg.seed,
             eos_token_id=ctx.eos_token_id, samples_per_prompt=dec.samples_per_prompt, cache_dir=ctx.cache_dir,
@@ -256,7 +257,7 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     # 4. engine checks
     t0 = time.perf_counter()
     extra["checks"] = _engine_checks(ctx, proposer, priced, dynamic, predictions, prompts_by_task, conts, probes,
-                                     overheads, has_model)
+                                     overheads)
     ctx.timings["check_seconds"] = time.perf_counter() - t0
     ctx.record_extra.update(extra)
     return out
@@ -270,14 +271,40 @@ def _check_cells(ranked: list[str], n: int) -> list[str]:
     return order[:n]
 
 
-def _engine_checks(ctx: Any, proposer: Any, priced: list[Any], dynamic: list[Any], predictions: dict[tuple, float],
-                   prompts_by_task: dict[str, list[list[int]]], conts: dict[str, Any], probes: list[Any],
-                   overheads: list[Any], has_model: bool) -> list[dict[str, Any]]:
+def check_cell(ctx: Any, proposer: Any, task: str, prompts: list[list[int]], continuations: Any, shape: str,
+               batch: int, probes: list[Any], overheads: list[Any], *, n_prompts: int, repeats: int) -> dict[str, Any]:
+    """One cell decoded for real against plain decoding on the first ``n_prompts`` prompts: the
+    ``source: engine`` entry with the measured speedup beside the speedup predicted for the same prompts
+    (oracle counters on their cached ``continuations``, composed with ``probes``; None: not priced) and
+    whether the engine's counters equal the oracle's (temperature 0). A job's own checks and a study's
+    validation of its recommendation (`scylla.harness.validation`) both decode cells this way."""
+    from scylla.decode.proposers import Proposer
     from scylla.measure.compose import predict_speedup
     from scylla.measure.oracle import acceptance_oracle
     from scylla.measure.rows import from_speedup
     from scylla.measure.speedup import measure_speedup
 
+    cfg, dec = ctx.cfg, ctx.cfg.decode
+    sub = prompts[:n_prompts]
+    m = measure_speedup(ctx.target.model, proposer, sub, tree=shape, batch_size=batch, max_new_tokens=dec.max_new_tokens,
+                        temperature=dec.temperature, eos_token_id=ctx.eos_token_id, seed=cfg.seed, repeats=repeats)
+    prediction, match = None, None
+    if continuations is not None:
+        oracle = acceptance_oracle(ctx.target.model, proposer, sub, trees=[shape], max_new_tokens=dec.max_new_tokens,
+                                   temperature=dec.temperature, eos_token_id=ctx.eos_token_id,
+                                   continuations=continuations.subset(range(len(sub))))[shape]
+        prediction = predict_speedup(oracle, batch, probes, overheads, has_draft_model=not isinstance(proposer, Proposer),
+                                     reprocess_accepted=bool(getattr(proposer, "reprocesses_accepted", False)),
+                                     seed=cfg.seed)
+        if dec.temperature == 0:
+            match = all(getattr(m.speculative, k) == getattr(oracle, k) for k in _COUNTERS)
+    return from_speedup(task, m, temperature=dec.temperature, max_new_tokens=dec.max_new_tokens, prediction=prediction,
+                        oracle_match=match)
+
+
+def _engine_checks(ctx: Any, proposer: Any, priced: list[Any], dynamic: list[Any], predictions: dict[tuple, float],
+                   prompts_by_task: dict[str, list[list[int]]], conts: dict[str, Any], probes: list[Any],
+                   overheads: list[Any]) -> list[dict[str, Any]]:
     cfg, dec = ctx.cfg, ctx.cfg.decode
     task = cfg.eval.tasks[0]
     prompts = prompts_by_task[task]
@@ -289,30 +316,18 @@ def _engine_checks(ctx: Any, proposer: Any, priced: list[Any], dynamic: list[Any
         plan += [(s.describe(), b) for s in dynamic]
     bar = _bar(ctx, len(plan), f"engine check {cfg.draft.name}@{cfg.draft.tokens:,}")
     out: list[dict[str, Any]] = []
+    priced_names = {s.describe() for s in priced}
     try:
         for shape, b in plan:
-            n = min(len(prompts), max(dec.check_prompts, b))
-            sub = prompts[:n]
-            m = measure_speedup(ctx.target.model, proposer, sub, tree=shape, batch_size=b,
-                                max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
-                                eos_token_id=ctx.eos_token_id, seed=cfg.seed, repeats=dec.check_repeats)
-            prediction, match = None, None
-            if shape in {s.describe() for s in priced}:
-                oracle = acceptance_oracle(ctx.target.model, proposer, sub, trees=[shape],
-                                           max_new_tokens=dec.max_new_tokens, temperature=dec.temperature,
-                                           eos_token_id=ctx.eos_token_id,
-                                           continuations=conts[task].subset(range(n)))[shape]
-                prediction = predict_speedup(oracle, b, probes, overheads, has_draft_model=has_model,
-                                             reprocess_accepted=bool(getattr(proposer, "reprocesses_accepted", False)),
-                                             seed=cfg.seed)
-                if dec.temperature == 0:
-                    match = all(getattr(m.speculative, k) == getattr(oracle, k) for k in _COUNTERS)
-            _log(ctx, out, from_speedup(task, m, temperature=dec.temperature, max_new_tokens=dec.max_new_tokens,
-                                        prediction=prediction, oracle_match=match))
+            entry = check_cell(ctx, proposer, task, prompts, conts[task] if shape in priced_names else None, shape, b,
+                               probes, overheads, n_prompts=min(len(prompts), max(dec.check_prompts, b)),
+                               repeats=dec.check_repeats)
+            _log(ctx, out, entry)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(B=b, shape=shape, measured=f"{m.speedup:.2f}",
-                                predicted=f"{prediction['speedup']:.2f}" if prediction else "-", refresh=False)
+                pred = entry.get("predicted_speedup")
+                bar.set_postfix(B=b, shape=shape, measured=f"{entry['speedup']:.2f}",
+                                predicted=f"{pred:.2f}" if pred is not None else "-", refresh=False)
     finally:
         if bar is not None:
             bar.close()

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 
@@ -133,8 +133,42 @@ def _mtp_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _serve_and_validate(paths: list[Path], staging: Path, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The measured-cell serving recommendation (`scylla.fit.serving`, written to ``serving/``) and its
+    check by real decoding (`scylla.harness.validation`, ``validation/``): report sections."""
+    from scylla.fit.deploy import write_serving
+    from scylla.fit.serving import ServingError, recommend_cells
+    from scylla.harness.results import load_records
+
+    records = load_records(paths)
+    try:
+        rec = recommend_cells(records, n_boot=args.n_bootstrap)
+    except ServingError as exc:
+        _log(f"no serving recommendation: {exc}")
+        return [("Serving recommendation", f"Not made: {exc}")]
+    write_serving(rec, staging / "serving")
+    body = (staging / "serving" / "serving.md").read_text().split("\n", 1)[1]
+    sections = [("Serving recommendation (measured cells)",
+                 body.replace("](", "](serving/") + "\nFiles: [serving/](serving/) (Hydra draft config, exported "
+                 "draft, vLLM speculative_config, SGLang flags).")]
+    if args.no_validate:
+        return sections
+    from scylla.harness.validation import validate_recommendation
+
+    _log("checking the recommendation: decoding the recommended cells and others with the engine")
+    table, passed = validate_recommendation(rec, records, staging / "validation", max_prompts=args.validate_prompts,
+                                            repeats=args.validate_repeats)
+    worst = float((table["ratio"] - 1).abs().max()) if len(table) else float("nan")
+    _log(f"validation: {len(table)} cells, worst |measured / predicted - 1| = {worst:.3f} "
+         f"({'all within 0.10' if passed else 'NOT all within 0.10'})")
+    sections.append(("Recommendation checked by measurement",
+                     (staging / "validation" / "checks.md").read_text()))
+    return sections
+
+
 def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str, settings: dict[str, Any],
-                 sweep_seconds: Optional[float], name: Optional[str] = None) -> Path:
+                 sweep_seconds: Optional[float], name: Optional[str] = None,
+                 sections: Sequence[tuple[str, str]] = ()) -> Path:
     """report.md of a study folder (relative links, so it renders on GitHub). ``name``: the study's
     name when ``out`` is a staging folder that is renamed afterwards."""
     from scylla.harness.demo import summary_table
@@ -175,6 +209,8 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
         for r in rec["per_batch"]:
             lines.append(f"| {r['batch_size']:g} | {r['gamma']} | {r['speedup']:.2f} | [{r['low']:.2f}, {r['high']:.2f}] |")
         lines.append("")
+    for title, body in sections:
+        lines += [f"## {title}", "", body.rstrip(), ""]
     figs = sorted((pooled_dir / "figures").glob("*.png")) if (pooled_dir / "figures").is_dir() else []
     shown = [f for f in figs if f.name.startswith("law_") and "residuals" not in f.name] + \
             [f for f in figs if f.name in ("speedup_vs_batch.png", "mtp_tau_vs_k.png")]
@@ -247,6 +283,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "joblib: one job per core, each with its share of the threads)")
     parser.add_argument("--fit-only", action="store_true", help="skip the sweep; fit and report the records there are")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="skip decoding the recommended cells and >= 3 others with the engine")
+    parser.add_argument("--validate-prompts", type=int, default=16,
+                        help="prompts per checked cell (at least its batch size; default 16)")
+    parser.add_argument("--validate-repeats", type=int, default=2,
+                        help="interleaved engine repeats per checked cell (default 2)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -335,8 +377,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "temperature": job.decode.temperature, "acceptance": job.decode.method,
         "jobs with records": f"{len(paths)} of {len(expected)}",
     })
+    sections = _serve_and_validate(paths, staging, args)
     write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds,
-                 name=out.name)
+                 name=out.name, sections=sections)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
