@@ -51,8 +51,8 @@ sweep: $(STAMP) ## Run the demo grid sweep (all three axes) through Hydra multir
 fit: $(STAMP) ## Fit the laws on a results folder: make fit RESULTS=outputs/results
 	$(VENV)/bin/scylla-fit "$(or $(RESULTS),outputs/results)" --out "$(or $(OUT),outputs/fit)"
 
-study: $(STAMP) ## The reference study into experiments/reference (about 1-1.5 h here, resumable)
-	$(PY) -m scylla.harness.study --launcher joblib
+study: $(STAMP) ## The reference study on SmolLM2 into experiments/reference (about 3 h here, resumable)
+	$(PY) -m scylla.harness.study
 
 notebook: $(STAMP) ## Execute notebooks/analysis.ipynb headless on RESULTS (default outputs/results)
 	mkdir -p outputs/notebook

@@ -72,7 +72,8 @@ def decode_checks(records: Mapping[str, Mapping[str, Any]], cells: Sequence[tupl
             record = records[run_id]
             job = job_config(record)
             device = resolve_device(job.runtime.device)
-            threads = resolve_threads(job.runtime.threads)
+            # the job's own thread count: its cost probes (the prediction) were timed with it
+            threads = int((record.get("provenance") or {}).get("threads") or resolve_threads(job.runtime.threads))
             torch.set_num_threads(threads)
             ctx, draft = prepare_job(job, device=device, threads=threads, tracker=Tracker())
             probes = [ForwardProbe(**{k: v for k, v in p.items() if k not in ("median", "best")})
