@@ -15,7 +15,7 @@ The cost of other gammas follows the per-token term. Verification measured at on
 check that, and a warning says so. On this CPU a multi-token forward also pays an extra that barely
 depends on batch size, and the model has no term for it. Fitted on the reference study (gamma 4), it
 predicts the verify/plain step ratio of the gamma 1-2 validation run 12-20% low at batch sizes 1-4
-(experiments/reference/validation/verify_cost_check.txt).
+(experiments/reference-small/validation/verify_cost_check.txt).
 The bootstrap resamples measured rows.
 """
 
