@@ -87,7 +87,8 @@ def composed_against_measured(target, draft, tokenizer, eos: int | None, repeats
     need = required_widths(shapes, True)
     probes = []
     for role, model in (("target", target), ("draft", draft)):
-        probes += probe_forwards(model, role=role, batch_sizes=CHECK_BATCHES, widths=sorted(need[role]["decode"]),
+        probes += probe_forwards(model, role=role, batch_sizes=range(1, max(CHECK_BATCHES) + 1),
+                                 widths=sorted(need[role]["decode"]),
                                  tree_widths=sorted(need[role]["tree"]), context=mean_prompt + MAX_NEW // 2,
                                  repeats=repeats)
         probes += probe_prefill(model, role=role, batch_sizes=CHECK_BATCHES, context=mean_prompt, repeats=repeats)

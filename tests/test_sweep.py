@@ -75,6 +75,9 @@ def test_job_writes_one_complete_record_and_skips_on_rerun(trained: dict[str, An
     assert prov["code_version"] and prov["corpus_manifest_hash"] and prov["versions"]["torch"]
     assert prov["tokenizer_fingerprint"] == "byte-v1"  # settings named like "token" are not secrets
     assert record["draft"]["token_budgets"] == [2048, 4096] and record["draft"]["tokens_seen"] == 4096
+    # forwards probed at every row count a batch of 4 passes through as its rows finish; prefills at 1 and 4
+    assert {p["batch_size"] for p in record["probes"] if p["kind"] == "decode"} == {1, 2, 3, 4}
+    assert {p["batch_size"] for p in record["probes"] if p["kind"] == "prefill"} == {1, 4}
     frame = load(trained["results"])
     assert len(frame) == 2 * 2 * 2  # jobs x tasks x batch sizes
     assert set(frame.task) == {"code", "bible"} and set(frame.batch_size) == {1, 4}

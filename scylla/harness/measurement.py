@@ -147,7 +147,7 @@ def _cached_probes(ctx: Any, model: Any, role: str, request: dict[str, Any]) -> 
         probes = probe_forwards(model, role=role, batch_sizes=request["batch_sizes"], widths=request["widths"],
                                 tree_widths=request["tree_widths"], context=request["context"],
                                 repeats=request["repeats"])
-        return probes + probe_prefill(model, role=role, batch_sizes=request["batch_sizes"],
+        return probes + probe_prefill(model, role=role, batch_sizes=request["prefill_batch_sizes"],
                                       context=request["prefill"], repeats=max(1, request["repeats"] // 2))
 
     def parse(blob: list[dict[str, Any]]) -> list[Any]:
@@ -224,8 +224,11 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     mean_prompt = int(round(sum(map(len, first)) / len(first)))
     context = mean_prompt + dec.max_new_tokens // 2
     need = required_widths(priced, has_model, reprocess)
-    request = {"batch_sizes": list(dec.batch_sizes), "context": context, "prefill": mean_prompt,
-               "repeats": dec.probe_repeats}
+    # Forwards are probed at every row count up to the largest batch size, not only at the served ones: as
+    # rows finish, a batch runs at every smaller count, and on a CPU the cost is far from linear in the
+    # rows (a 7-row forward can cost more than an 8-row one), so interpolating would misprice those steps.
+    request = {"batch_sizes": list(range(1, max(dec.batch_sizes) + 1)), "prefill_batch_sizes": list(dec.batch_sizes),
+               "context": context, "prefill": mean_prompt, "repeats": dec.probe_repeats}
     probes = _cached_probes(ctx, target, "target", {**request, "widths": sorted(need["target"]["decode"]),
                                                     "tree_widths": sorted(need["target"]["tree"])})
     if has_model and priced:

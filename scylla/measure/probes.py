@@ -8,6 +8,10 @@ context length is stated in every record), over several interleaved repeats, and
 with the median and the best, the thread count, the precision and the CPU capability, so a record
 says what machine state produced it. `probe_overhead` runs the engine itself for a few steps per batch
 size and keeps its wall time outside the model forwards.
+
+Probe every row count a prediction needs: a forward's cost on a CPU is not linear in its rows (the
+matrix products' row count selects faster or slower kernels), so `CostTable`'s interpolation between
+probed batch sizes is only a fallback (docs/oracle.md, "Cost probes").
 """
 
 from __future__ import annotations
