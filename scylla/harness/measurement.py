@@ -143,17 +143,24 @@ def _cached_probes(ctx: Any, model: Any, role: str, request: dict[str, Any]) -> 
     repeats), reused from ``<cache>/probes`` when the same shapes were probed on this machine."""
     from scylla.measure.probes import ForwardProbe, probe_forwards, probe_prefill
 
-    def compute() -> list[Any]:
-        probes = probe_forwards(model, role=role, batch_sizes=request["batch_sizes"], widths=request["widths"],
-                                tree_widths=request["tree_widths"], context=request["context"],
-                                repeats=request["repeats"])
-        return probes + probe_prefill(model, role=role, batch_sizes=request["prefill_batch_sizes"],
-                                      context=request["prefill"], repeats=max(1, request["repeats"] // 2))
+    forward = {k: v for k, v in request.items() if k != "prefill"}
+    repeats = max(1, request["repeats"] // 2)
+
+    def forwards() -> list[Any]:
+        return probe_forwards(model, role=role, batch_sizes=forward["batch_sizes"], widths=forward["widths"],
+                              tree_widths=forward["tree_widths"], context=forward["context"],
+                              repeats=forward["repeats"])
+
+    def prefills() -> list[Any]:
+        return [p for b, c in request["prefill"].items()
+                for p in probe_prefill(model, role=role, batch_sizes=[int(b)], context=int(c), repeats=repeats)]
 
     def parse(blob: list[dict[str, Any]]) -> list[Any]:
         return [ForwardProbe(**{k: v for k, v in p.items() if k not in ("median", "best")}) for p in blob]
 
-    return _cached_json(ctx, role, [_shape_key(model), role, request], compute, parse)
+    key = _shape_key(model)  # forwards and prefills apart: prompt lengths change the second only
+    return (_cached_json(ctx, role, [key, role, forward], forwards, parse)
+            + _cached_json(ctx, f"{role}-prefill", [key, role, request["prefill"], repeats], prefills, parse))
 
 
 def _cached_overheads(ctx: Any, target: Any, draft: Any, prompts: list[list[int]], shape: str,
@@ -223,12 +230,15 @@ def _measure_oracle(ctx: Any, draft: Any) -> list[dict[str, Any]]:
     first = prompts_by_task[cfg.eval.tasks[0]]
     mean_prompt = int(round(sum(map(len, first)) / len(first)))
     context = mean_prompt + dec.max_new_tokens // 2
+    # a chunk's prefill runs on its prompts left-padded to the longest: probe that length per batch size
+    prefill = {b: int(round(sum(max(map(len, first[i:i + b])) for i in range(0, len(first), b))
+                            / len(range(0, len(first), b)))) for b in dec.batch_sizes}
     need = required_widths(priced, has_model, reprocess)
     # Forwards are probed at every row count up to the largest batch size, not only at the served ones: as
     # rows finish, a batch runs at every smaller count, and on a CPU the cost is far from linear in the
     # rows (a 7-row forward can cost more than an 8-row one), so interpolating would misprice those steps.
-    request = {"batch_sizes": list(range(1, max(dec.batch_sizes) + 1)), "prefill_batch_sizes": list(dec.batch_sizes),
-               "context": context, "prefill": mean_prompt, "repeats": dec.probe_repeats}
+    request = {"batch_sizes": list(range(1, max(dec.batch_sizes) + 1)), "context": context,
+               "prefill": {str(b): c for b, c in prefill.items()}, "repeats": dec.probe_repeats}
     probes = _cached_probes(ctx, target, "target", {**request, "widths": sorted(need["target"]["decode"]),
                                                     "tree_widths": sorted(need["target"]["tree"])})
     if has_model and priced:

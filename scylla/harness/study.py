@@ -287,8 +287,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="skip decoding the recommended cells and >= 3 others with the engine")
     parser.add_argument("--validate-prompts", type=int, default=16,
                         help="prompts per checked cell (at least its batch size; default 16)")
-    parser.add_argument("--validate-repeats", type=int, default=2,
-                        help="interleaved engine repeats per checked cell (default 2)")
+    parser.add_argument("--validate-repeats", type=int, default=3,
+                        help="interleaved engine repeats per checked cell, median (default 3)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every job")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

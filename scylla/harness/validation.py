@@ -44,7 +44,7 @@ def job_config(record: Mapping[str, Any]) -> Any:
 
 
 def decode_checks(records: Mapping[str, Mapping[str, Any]], cells: Sequence[tuple[str, str, str, int]], *,
-                  max_prompts: int = 16, repeats: int = 2, progress: bool = True) -> pd.DataFrame:
+                  max_prompts: int = 16, repeats: int = 3, progress: bool = True) -> pd.DataFrame:
     """Decode every (run_id, task, shape, batch size) cell for real: one row per cell with the measured and
     the predicted speedup for the same prompts, the number of prompts and whether the engine's counters
     equal the oracle's."""
@@ -108,7 +108,7 @@ def decode_checks(records: Mapping[str, Mapping[str, Any]], cells: Sequence[tupl
 
 
 def validate_recommendation(rec: Any, records: Sequence[Mapping[str, Any]], out: str | Path, *, n_others: int = 3,
-                            max_prompts: int = 16, repeats: int = 2, tolerance: float = 0.10,
+                            max_prompts: int = 16, repeats: int = 3, tolerance: float = 0.10,
                             progress: bool = True) -> tuple[pd.DataFrame, bool]:
     """Decode the cells `validation_cells` picks for ``rec`` (one task each, rotating) and write
     ``checks.csv`` and ``checks.md`` into ``out``: measured against predicted speedup per cell, the ratio,

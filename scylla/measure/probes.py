@@ -182,6 +182,12 @@ def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequen
     return out
 
 
+def _curve_key(p: ForwardProbe) -> tuple[str, str, int]:
+    """The curve a probe belongs to: (role, kind, width); a prefill's width is its prompt length, which
+    may differ per batch size (a chunk is padded to its longest prompt), so prefills form one curve."""
+    return (p.role, p.kind, 0 if p.kind == "prefill" else int(p.width))
+
+
 class CostTable:
     """Probed times by (role, kind, width), linear in batch size between the probed batch sizes.
 
@@ -196,7 +202,7 @@ class CostTable:
         self._curves: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
         groups: dict[tuple[str, str, int], list[ForwardProbe]] = {}
         for p in forwards:
-            groups.setdefault((p.role, p.kind, p.width), []).append(p)
+            groups.setdefault(_curve_key(p), []).append(p)
         for key, ps in groups.items():
             ps = sorted(ps, key=lambda p: p.batch_size)
             self._curves[key] = (np.array([p.batch_size for p in ps], float),
@@ -321,7 +327,7 @@ class CostDraws:
         self._curves: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
         groups: dict[tuple[str, str, int], list[ForwardProbe]] = {}
         for p in forwards:
-            groups.setdefault((p.role, p.kind, int(p.width)), []).append(p)
+            groups.setdefault(_curve_key(p), []).append(p)
         for key, ps in groups.items():
             ps = sorted(ps, key=lambda p: p.batch_size)
             ys = np.stack([draws(p.times, [p.role, p.kind, p.batch_size, p.width, p.context]) for p in ps], axis=1)
