@@ -30,7 +30,7 @@ import torch
 from scylla.decode.cache import CachedLM
 from scylla.decode.proposers import Proposer, ancestor_matrix, pool_is_ancestor, register_proposer
 from scylla.decode.target import FeatureSpec
-from scylla.decode.tree import TokenTree, TreeSpec
+from scylla.decode.tree import TokenTree, TreeSpec, select_dynamic
 from scylla.decode.verify import Verdict, probs
 from scylla.models.eagle3 import Eagle3Draft, target_features
 
@@ -245,22 +245,10 @@ class Eagle3Proposer(Proposer):
             best = cscore.reshape(b, k * k).topk(k, dim=1).indices
             frontier = size + best
             size += k * k
-        tok_all, score_all = torch.cat(pool_tok, 1), torch.cat(pool_score, 1)
-        par_all, dep_all = torch.cat(pool_parent, 1), torch.cat(pool_depth, 1)
-        order = torch.sort(dep_all, dim=1, stable=True).indices
-        by_score = torch.sort(score_all.gather(1, order), dim=1, descending=True, stable=True).indices
-        chosen = order.gather(1, by_score)[:, :n]
-        key = dep_all.gather(1, chosen) * (size + 1) + chosen
-        chosen = chosen.gather(1, key.argsort(1))
-        block_of = torch.full((b, size), -1, dtype=torch.long, device=dev)
-        block_of.scatter_(1, chosen, torch.arange(1, n + 1, device=dev).expand(b, n))
-        ppar = par_all.gather(1, chosen)
-        parent = torch.where(ppar < 0, torch.zeros_like(ppar), block_of.gather(1, ppar.clamp_min(0)))
-        if bool((parent < 0).any()):
-            raise RuntimeError("dynamic tree selection is not ancestor-closed (internal error)")
+        tree, _ = select_dynamic(torch.cat(pool_tok, 1), torch.cat(pool_score, 1), torch.cat(pool_parent, 1),
+                                 torch.cat(pool_depth, 1), n)
         self._region = self.lm.length - base_len
-        return TokenTree(tok_all.gather(1, chosen), parent, dep_all.gather(1, chosen),
-                         torch.ones(b, n, dtype=torch.bool, device=dev))
+        return tree
 
     # -- after verification ------------------------------------------------------------------------
     def accept(self, verdict: Verdict, tree: TokenTree | None, target_features: torch.Tensor | None) -> None:

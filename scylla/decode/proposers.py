@@ -21,7 +21,7 @@ import torch
 
 from scylla.decode.cache import CachedLM
 from scylla.decode.target import FeatureSpec, left_pad
-from scylla.decode.tree import TokenTree, TreeSpec
+from scylla.decode.tree import TokenTree, TreeSpec, select_dynamic
 from scylla.decode.verify import Verdict, probs
 
 __all__ = ["Proposer", "DraftLMProposer", "NgramProposer", "register_proposer", "make_proposer", "ancestor_matrix",
@@ -267,30 +267,15 @@ class DraftLMProposer(Proposer):
             best = cscore.reshape(b, k * k).topk(k, dim=1).indices
             frontier = size + best
             size += k * k
-        tok_all, score_all = torch.cat(pool_tok, 1), torch.cat(pool_score, 1)
-        par_all, dep_all = torch.cat(pool_parent, 1), torch.cat(pool_depth, 1)
-        # The N best by score; ties go to the shallower node, so the selection is ancestor-closed
-        # (a child's cumulative log-probability never exceeds its parent's).
-        order = torch.sort(dep_all, dim=1, stable=True).indices
-        by_score = torch.sort(score_all.gather(1, order), dim=1, descending=True, stable=True).indices
-        chosen = order.gather(1, by_score)[:, :n]
-        # Breadth-first order of the chosen nodes: by depth, then by pool id.
-        key = dep_all.gather(1, chosen) * (size + 1) + chosen
-        chosen = chosen.gather(1, key.argsort(1))
-        block_of = torch.full((b, size), -1, dtype=torch.long, device=dev)
-        block_of.scatter_(1, chosen, torch.arange(1, n + 1, device=dev).expand(b, n))
-        ppar = par_all.gather(1, chosen)
-        parent = torch.where(ppar < 0, torch.zeros_like(ppar), block_of.gather(1, ppar.clamp_min(0)))
-        if bool((parent < 0).any()):
-            raise RuntimeError("dynamic tree selection is not ancestor-closed (internal error)")
+        tree, chosen = select_dynamic(torch.cat(pool_tok, 1), torch.cat(pool_score, 1), torch.cat(pool_parent, 1),
+                                      torch.cat(pool_depth, 1), n)
         fed_ids = torch.cat(fed_pool, 1) if fed_pool else torch.zeros(b, 0, dtype=torch.long, device=dev)
         slot_of = torch.full((b, size), -1, dtype=torch.long, device=dev)
         if fed_ids.numel():
             slot_of.scatter_(1, fed_ids, torch.arange(fed_ids.shape[1], device=dev).expand(b, -1))
         self._fed = slot_of.gather(1, chosen)
         self._region = fed_ids.shape[1]
-        return TokenTree(tok_all.gather(1, chosen), parent, dep_all.gather(1, chosen),
-                         torch.ones(b, n, dtype=torch.bool, device=dev))
+        return tree
 
     # -- after verification ------------------------------------------------------------------------
     def accept(self, verdict: Verdict, tree: TokenTree | None, target_features: torch.Tensor | None) -> None:

@@ -26,7 +26,7 @@ from functools import cached_property
 
 import torch
 
-__all__ = ["TreeSpec", "TokenTree", "TreeError"]
+__all__ = ["TreeSpec", "TokenTree", "TreeError", "select_dynamic"]
 
 
 class TreeError(ValueError):
@@ -244,3 +244,29 @@ class TokenTree:
         judged = self.valid & (self.depth <= limit[:, None])
         onehot = torch.nn.functional.one_hot((self.depth - 1).clamp_min(0), d) * judged[..., None]
         return onehot.sum(1)
+
+
+def select_dynamic(pool_tok: torch.Tensor, pool_score: torch.Tensor, pool_parent: torch.Tensor,
+                   pool_depth: torch.Tensor, n: int) -> tuple[TokenTree, torch.Tensor]:
+    """EAGLE-2's rerank: of a drafted pool ([B, P] tokens, cumulative log-probabilities, pool index of each
+    node's parent (-1: the root) and depths), keep the ``n`` best nodes, in breadth-first order, as a
+    `TokenTree`; also return each kept node's pool index [B, n].
+
+    Ties go to the shallower node, so the selection is ancestor-closed: a child's cumulative
+    log-probability never exceeds its parent's."""
+    b, size = pool_tok.shape
+    dev = pool_tok.device
+    order = torch.sort(pool_depth, dim=1, stable=True).indices
+    by_score = torch.sort(pool_score.gather(1, order), dim=1, descending=True, stable=True).indices
+    chosen = order.gather(1, by_score)[:, :n]
+    key = pool_depth.gather(1, chosen) * (size + 1) + chosen  # breadth-first: by depth, then by pool index
+    chosen = chosen.gather(1, key.argsort(1))
+    block_of = torch.full((b, size), -1, dtype=torch.long, device=dev)
+    block_of.scatter_(1, chosen, torch.arange(1, n + 1, device=dev).expand(b, n))
+    ppar = pool_parent.gather(1, chosen)
+    parent = torch.where(ppar < 0, torch.zeros_like(ppar), block_of.gather(1, ppar.clamp_min(0)))
+    if bool((parent < 0).any()):
+        raise RuntimeError("dynamic tree selection is not ancestor-closed (internal error)")
+    tree = TokenTree(pool_tok.gather(1, chosen), parent, pool_depth.gather(1, chosen),
+                     torch.ones(b, n, dtype=torch.bool, device=dev))
+    return tree, chosen
