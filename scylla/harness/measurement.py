@@ -158,7 +158,9 @@ def _cached_probes(ctx: Any, model: Any, role: str, request: dict[str, Any]) -> 
     def parse(blob: list[dict[str, Any]]) -> list[Any]:
         return [ForwardProbe(**{k: v for k, v in p.items() if k not in ("median", "best")}) for p in blob]
 
-    key = _shape_key(model)  # forwards and prefills apart: prompt lengths change the second only
+    from scylla.measure.probes import PROBE_VERSION
+
+    key = [_shape_key(model), PROBE_VERSION]  # forwards and prefills apart: prompt lengths change the second only
     return (_cached_json(ctx, role, [key, role, forward], forwards, parse)
             + _cached_json(ctx, f"{role}-prefill", [key, role, request["prefill"], repeats], prefills, parse))
 

@@ -26,7 +26,10 @@ import torch
 
 from scylla.decode.cache import CachedLM
 
-__all__ = ["ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill",
+# Bump when the way probes are taken changes, so cached probes of an older method are not reused.
+PROBE_VERSION = 2
+
+__all__ = ["PROBE_VERSION", "ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill",
            "probe_overhead", "machine_info", "interp_weights", "resampled_summaries"]
 
 
@@ -100,25 +103,33 @@ def _tokens(vocab: int, batch: int, width: int, generator: torch.Generator, devi
 @torch.inference_mode()
 def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[int], widths: Iterable[int],
                    context: int, repeats: int = 5, tree_widths: Iterable[int] = (), seed: int = 0) -> list[ForwardProbe]:
-    """Time one cached forward of ``model`` per (batch size, width), widths interleaved per repeat.
+    """Time one cached forward of ``model`` per (batch size, width), every cell once per repeat.
 
-    The cache is prefilled once per batch size with ``context`` random tokens; after each timed forward
-    its slots are cropped away, so every forward sees the same context. ``tree_widths`` are also timed
-    with a 4D tree mask (siblings hidden from each other), the mask tree verification passes."""
+    One cache per batch size is prefilled with ``context`` random tokens and kept for the whole probe; after
+    each timed forward its slots are cropped away, so every forward sees the same context. Each repeat
+    times every (batch size, kind, width) cell once, round-robin: this machine's speed drifts by 10-30%
+    over seconds to minutes, and probing one batch size after another would fold that drift into the
+    cost curve (a repeat-major order spreads it over every cell alike, so ratios between cells hold).
+    ``tree_widths`` are also timed with a 4D tree mask (siblings hidden from each other), the mask tree
+    verification passes."""
     device = next(model.parameters()).device
     vocab = int(model.get_input_embeddings().weight.shape[0])
     g = torch.Generator().manual_seed(seed)
     widths, tree_widths = sorted(set(int(w) for w in widths)), sorted(set(int(w) for w in tree_widths))
-    out: list[ForwardProbe] = []
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     info = machine_info()
-    for b in sorted(set(int(x) for x in batch_sizes)):
+    batches = sorted(set(int(x) for x in batch_sizes))
+    kinds = [("decode", w) for w in widths] + [("tree", w) for w in tree_widths]
+    caches = {}
+    for b in batches:
         lm = CachedLM(model, b, device)
         lm.append(_tokens(vocab, b, context, g, device), torch.ones(b, context, dtype=torch.bool, device=device),
                   last_only=True)
-        kinds = [("decode", w) for w in widths] + [("tree", w) for w in tree_widths]
-        times: dict[tuple[str, int], list[float]] = {k: [] for k in kinds}
-        for rep in range(repeats + 1):  # the first round warms up
+        caches[b] = lm
+    times: dict[tuple[int, str, int], list[float]] = {(b, k, w): [] for b in batches for k, w in kinds}
+    for rep in range(repeats + 1):  # the first round warms up
+        for b in batches:
+            lm = caches[b]
             for kind, w in kinds:
                 tok = _tokens(vocab, b, w, g, device)
                 valid = torch.ones(b, w, dtype=torch.bool, device=device)
@@ -132,11 +143,9 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
                 lm.append(tok, valid, visible=visible,
                           positions=None if kind == "decode" else lm.next_pos[:, None] + (torch.arange(w) > 0).long())
                 if rep:
-                    times[(kind, w)].append(lm.forward_seconds - before)
+                    times[(b, kind, w)].append(lm.forward_seconds - before)
                 lm.keep_block(w, torch.zeros(b, w, dtype=torch.bool, device=device))
-        for (kind, w), ts in times.items():
-            out.append(ForwardProbe(role, kind, b, w, context, ts, dtype, info))
-    return out
+    return [ForwardProbe(role, kind, b, w, context, ts, dtype, info) for (b, kind, w), ts in times.items()]
 
 
 @torch.inference_mode()
