@@ -318,3 +318,28 @@ def test_mtp_family_drafts_for_itself(trained: dict[str, Any], tmp_path: Path) -
     # per-head counters: head 3 (position 2) only exists in the k' = 3 rows
     assert frame.loc[frame.gamma == 2, "reached_2"].notna().all()
     assert frame.loc[frame.gamma == 1, "reached_2"].isna().all()
+
+
+def test_summary_and_task_tables_tell_data_sources_apart() -> None:
+    """The same draft preset trained on corpus text and on the target's responses reads as two rows."""
+    from test_results import make_record
+
+    from scylla.harness.demo import summary_table
+    from scylla.harness.results import records_to_frame
+    from scylla.harness.study import task_table
+
+    corpus = make_record("a", "draft-w64", 1000)
+    responses = make_record("b", "draft-w64", 1000)
+    responses["draft"]["data_source"] = "responses"
+    frame = records_to_frame([corpus, responses])
+    assert set(frame["data_source"].fillna("corpus")) == {"corpus", "responses"}
+    table = summary_table(frame)
+    assert "draft-w64[responses]" in table
+    assert len([line for line in table.splitlines() if line.startswith("draft-w64")]) == 2
+    frame = frame.assign(tree="chain:3")
+    lines = task_table(frame, gamma=3)
+    rows = [line for line in lines if line.startswith("| draft-w64")]
+    assert len(rows) == 2 and "| bible | code |" in lines[2]
+    # tau = 1 + accepted / steps = 1 + 13 / 10 in every cell of make_record
+    assert rows[0].endswith("| 2.30 | 2.30 |")
+    assert task_table(frame, gamma=5) == []

@@ -54,22 +54,33 @@ def _shape_column(frame: pd.DataFrame) -> pd.Series:
         "chain:" + frame["gamma"].astype(str))
 
 
+def job_labels(frame: pd.DataFrame) -> pd.Series:
+    """The draft's name, with ``[responses]`` appended where it trained on the target's own responses
+    (the data-source axis), so the two sources of one draft preset read as different rows."""
+    names = frame["draft_name"].astype(str)
+    if "data_source" not in frame:
+        return names
+    source = frame["data_source"].fillna("corpus").astype(str)
+    return names.where(source == "corpus", names + "[" + source + "]")
+
+
 def summary_table(frame: pd.DataFrame) -> str:
     """Per job (draft x tokens): size, loss, acceptance, tau and speedup at each batch size (the best draft
     shape there, means over tasks); then the best job and shape per batch size."""
-    frame = frame.assign(shape=_shape_column(frame))
+    frame = frame.assign(shape=_shape_column(frame), label=job_labels(frame))
     batches = sorted(frame.batch_size.unique())
-    name_w = max(5, int(frame.draft_name.str.len().max()))
+    name_w = max(5, int(frame.label.str.len().max()))
     head = (f"{'draft':{name_w}} {'params':>9} {'tokens':>9} {'loss':>5} {'alpha':>6} {'tau':>5}"
             + "".join(f" {'S@' + str(b):>6}" for b in batches))
     lines = [head, "-" * len(head)]
-    jobs = frame.groupby(["draft_params_non_embedding", "draft_name", "draft_tokens"], sort=True)
+    jobs = frame.groupby(["draft_params_non_embedding", "label", "draft_tokens"], sort=True, dropna=False)
     best: dict[int, tuple[float, str]] = {}
     for (params, name, tokens), rows in jobs:
         per_shape = rows.groupby(["batch_size", "shape"]).agg(speedup=("speedup", "mean"), alpha=("alpha", "mean"),
                                                               tau=("tau", "mean"))
         top = per_shape.loc[per_shape.groupby(level=0).speedup.idxmax()]
         loss = rows.draft_val_loss.mean()
+        params = 0 if pd.isna(params) else params
         line = (f"{name:{name_w}} {int(params):>9,} {int(tokens):>9,} {loss:5.2f} "
                 f"{top.alpha.mean():6.3f} {top.tau.mean():5.2f}")
         for b in batches:

@@ -133,6 +133,27 @@ def _mtp_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def task_table(frame: pd.DataFrame, gamma: int = 4) -> list[str]:
+    """Markdown: tau of a ``gamma``-token chain per task, for each draft at its largest token budget
+    (acceptance does not depend on batch size, so batch-1 rows stand for all)."""
+    from scylla.harness.demo import job_labels
+
+    chain = frame[(frame["tree"] == f"chain:{gamma}") & (frame["batch_size"] == frame["batch_size"].min())]
+    if chain.empty:
+        return []
+    chain = chain.assign(label=job_labels(chain))
+    largest = chain.groupby("label")["draft_tokens"].transform("max")
+    top = chain[chain["draft_tokens"] == largest]
+    table = top.pivot_table(index=["label", "draft_tokens"], columns="task", values="tau", aggfunc="mean")
+    tasks = list(table.columns)
+    lines = [f"tau of a {gamma}-token chain (1 + accepted / steps, bonus token included) per task, each draft at "
+             "its largest token budget:", "", "| draft | tokens | " + " | ".join(tasks) + " |",
+             "|---|---:|" + "---:|" * len(tasks)]
+    for (label, tokens), row in table.iterrows():
+        lines.append(f"| {label} | {int(tokens):,} | " + " | ".join(f"{row[t]:.2f}" for t in tasks) + " |")
+    return lines
+
+
 def _serve_and_validate(paths: list[Path], staging: Path, args: argparse.Namespace) -> list[tuple[str, str]]:
     """The measured-cell serving recommendation (`scylla.fit.serving`, written to ``serving/``) and its
     check by real decoding (`scylla.harness.validation`, ``validation/``): report sections."""
@@ -175,7 +196,6 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
 
     pooled_dir = next(iter(sorted(fit_dir.glob("task-all*"))), fit_dir)
     pooled = json.loads((pooled_dir / "fits.json").read_text())
-    llama = frame[frame["family"] == "llama"]
     lines = [f"# Scylla reference study: `{name or out.name}`", "",
              f"Produced by `{command}` (resumable; `--fit-only` re-fits from the records).", "",
              "## Settings", ""]
@@ -189,8 +209,10 @@ def write_report(frame: pd.DataFrame, out: Path, fit_dir: Path, *, command: str,
               "bonus/correction token included; 1.00 for plain decoding); speedup = wall-clock tokens/s of "
               "speculative over plain decoding at the same batch size on the same prompts; params = total "
               "parameters (non-embedding in the table below).", ""]
-    if not llama.empty:
-        lines += ["## Measured (separate draft LMs, mean over tasks)", "", "```", summary_table(llama), "```", ""]
+    lines += ["## Measured (every draft, mean over tasks)", "", "```", summary_table(frame), "```", "",
+              "`[responses]`: trained on the target's own answers to training-split chat requests "
+              "(`data.source=responses`); the rest on corpus text. params 0: n-gram prompt lookup.", ""]
+    lines += task_table(frame) + [""]
     lines += ["## Fitted laws (pooled over tasks)", ""]
     lines += _law_table(headline_laws(pooled["fits"]))
     lines += ["", "Held-out error: the law refitted without the largest value of that axis, predicting it "
@@ -383,11 +405,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
-    llama = frame[frame["family"] == "llama"]
-    if not llama.empty:
-        from scylla.harness.demo import summary_table
+    from scylla.harness.demo import summary_table
 
-        print(summary_table(llama))
+    print(summary_table(frame))
     _log(f"wrote {out}/report.md, results.csv and fit/ (per task, and task-all pooled over tasks)")
     return 0
 
