@@ -112,3 +112,16 @@ def test_make_fit_quotes_paths_with_spaces() -> None:
                           capture_output=True, text=True, timeout=60)
     line = [ln for ln in proc.stdout.splitlines() if "scylla-fit" in ln][-1]
     assert shlex.split(line)[1:] == ["my results/a b", "--out", "fit out"]
+
+
+def test_drafts_of_another_data_source_stay_out_of_the_laws(table: pd.DataFrame, tmp_path: Path) -> None:
+    """A draft preset trained on the target's responses must not be pooled with the same preset trained
+    on corpus text: the laws fit one source and a note counts the rows left out."""
+    responses = table.assign(data_source="responses", accepted=0)
+    both = pd.concat([table.assign(data_source="corpus"), responses], ignore_index=True)
+    alone = next(iter(fit_results(table, tmp_path / "alone", n_bootstrap=20, plots=False).values()))
+    mixed = next(iter(fit_results(both, tmp_path / "mixed", n_bootstrap=20, plots=False).values()))
+    assert mixed["n_configurations"] == alone["n_configurations"]
+    assert any(f"{len(responses)} rows of drafts trained on ['responses'] are left out" in n for n in mixed["notes"])
+    key = "alpha_vs_tokens/log_linear"
+    assert mixed["fits"][key]["params"] == pytest.approx(alone["fits"][key]["params"])

@@ -155,6 +155,23 @@ def fit_results(
     return summaries
 
 
+def _one_data_source(llama: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The separate drafts' laws pool configurations by draft and token budget, so drafts trained on
+    different data (the data-source axis, ``data.source``) must not meet in one law: keep the corpus
+    drafts (or the most common source) and say what was left out."""
+    if "data_source" not in llama.columns or llama.empty:
+        return llama
+    sources = llama["data_source"].fillna("corpus").astype(str)
+    if sources.nunique() <= 1:
+        return llama
+    main = "corpus" if (sources == "corpus").any() else str(sources.mode().iloc[0])
+    others = sorted(set(sources) - {main})
+    notes.append(f"data source: the separate-draft laws fit the drafts trained on {main!r} text; "
+                 f"{int((sources != main).sum())} rows of drafts trained on {others} are left out "
+                 "(one law per data source; compare the sources per draft)")
+    return llama[sources == main]
+
+
 def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, level: float,
                batch_sizes: list[float] | None, token_budgets: list[float] | None, max_gamma: int,
                compute_budget: float | None, full_grid: bool, plots: bool, input_notes: list[str],
@@ -163,6 +180,7 @@ def _fit_group(frame: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, l
     notes: list[str] = list(input_notes)
     kw = {"n_bootstrap": n_bootstrap, "seed": seed, "level": level}
     llama = frame[frame["family"] == "llama"] if "family" in frame.columns else frame
+    llama = _one_data_source(llama, notes)
     mtp = mtp_rows(frame)
     eagle = eagle3_rows(frame)
     acc: pd.DataFrame | None = None
