@@ -372,6 +372,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     export_table(frame, staging / "results.csv")
+    from scylla.harness.demo import checks_table
+    from scylla.harness.results import load_checks
+
+    checks = load_checks(paths)  # each job's engine-decoded cells, beside the prediction for the same prompts
+    if len(checks):
+        export_table(checks, staging / "checks.csv")
     pooled = frame.assign(task="all")
     _log(f"fitting {len(frame)} rows per task and pooled ({args.n_bootstrap} bootstrap resamples)")
     try:
@@ -400,6 +406,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "jobs with records": f"{len(paths)} of {len(expected)}",
     })
     sections = _serve_and_validate(paths, staging, args)
+    if len(checks):
+        sections = [("Engine checks per job ([checks.csv](checks.csv))", "```\n" + checks_table(checks) + "\n```"),
+                    *sections]
     write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds,
                  name=out.name, sections=sections)
     if out.exists():
