@@ -9,8 +9,8 @@ from scylla.decode.tree import TreeSpec
 import numpy as np
 
 from scylla.measure.compose import predict_seconds, predict_seconds_draws, predict_speedup, required_widths, step_plan
-from scylla.measure.probes import (CostDraws, CostTable, ForwardProbe, OverheadProbe, probe_forwards, probe_overhead,
-                                  probe_prefill)
+from scylla.measure.probes import (CostDraws, CostTable, CpuContention, ForwardProbe, OverheadProbe, probe_forwards,
+                                  probe_overhead, probe_prefill)
 from scylla.testing import random_prompts, tiny_llama
 
 
@@ -115,3 +115,42 @@ def test_probes_time_every_requested_forward_of_a_real_model():
     table = CostTable(probes + pre, ov)
     assert table.time("target", "decode", 4, 2) == pytest.approx(
         (table.time("target", "decode", 4, 1) + table.time("target", "decode", 4, 3)) / 2)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="CPU accounting comes from /proc/stat (Linux)")
+def test_cpu_contention_counts_other_processes_and_not_this_one():
+    """A process spinning beside the block is counted (about one core); this process's own work is not."""
+    import subprocess
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<3: pass"])
+    try:
+        time.sleep(0.3)
+        with CpuContention() as busy:
+            time.sleep(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    with CpuContention() as own:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 1.0:
+            pass
+    assert busy.foreign_cores is not None and busy.foreign_cores > 0.6
+    assert own.foreign_cores is not None and own.foreign_cores < 0.5
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/stat"), reason="CPU accounting comes from /proc/stat (Linux)")
+def test_contended_probe_rounds_are_retimed_then_flagged(monkeypatch):
+    """Rounds over the contention limit are timed again; when the re-timing budget is spent, the kept
+    contended rounds are counted in the record and a warning names the fix."""
+    monkeypatch.setattr(CpuContention, "MIN_WALL", 0.0)  # a tiny model's rounds are shorter than a tick
+    model = tiny_llama(64, d_model=32, n_layers=1, n_heads=2)
+    with pytest.warns(UserWarning, match="idle machine"):
+        probes = probe_forwards(model, role="target", batch_sizes=[1], widths=[1], context=8, repeats=3,
+                                max_foreign_cores=-1.0, max_retimed=2)  # every round counts as contended
+    m = probes[0].machine
+    assert len(probes[0].times) == 3 and m["rounds_retimed"] == 2 and m["contended_rounds_kept"] == 3
+    quiet = probe_forwards(model, role="target", batch_sizes=[1], widths=[1], context=8, repeats=3,
+                           max_foreign_cores=1e9)
+    assert quiet[0].machine["rounds_retimed"] == 0 and quiet[0].machine["contended_rounds_kept"] == 0

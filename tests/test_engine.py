@@ -264,6 +264,25 @@ def test_measure_speedup_summarises_repeats_by_medians(target, drafts, prompts):
     assert m.baseline_tps == sorted(b.tokens_per_second for b in m.baseline_runs)[1]
 
 
+def test_measure_speedup_decodes_contended_pairs_again(target, drafts, prompts, monkeypatch):
+    """A (plain, speculative) pair timed while other processes used the CPU is decoded again, at most
+    ``repeats`` times; the kept pairs' contention and the re-timed count reach the record."""
+    import scylla.measure.probes as probes
+
+    monkeypatch.setattr(probes.CpuContention, "MIN_WALL", 0.0)  # a tiny model's pair is shorter than a tick
+    monkeypatch.setattr(probes, "foreign_core_limit", lambda threads=None: -1.0)  # every pair counts as contended
+    m = measure_speedup(target, drafts["poor"], prompts, gamma=2, batch_size=4, max_new_tokens=9, repeats=2)
+    assert len(m.speculative_runs) == len(m.baseline_runs) == 2 and m.pairs_retimed == 2
+    assert len(m.foreign_cores) == 2
+    from scylla.measure.rows import from_speedup
+
+    entry = from_speedup("t", m, temperature=0.0, max_new_tokens=9)
+    assert entry["pairs_retimed"] == 2 and len(entry["foreign_cores"]) == 2
+    monkeypatch.setattr(probes, "foreign_core_limit", lambda threads=None: 1e9)
+    quiet = measure_speedup(target, drafts["poor"], prompts, gamma=2, batch_size=4, max_new_tokens=9, repeats=2)
+    assert quiet.pairs_retimed == 0 and len(quiet.speculative_runs) == 2
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -274,3 +274,14 @@ def test_interval_coverage_of_a_curved_form():
         hits["band"].append(band["low"] <= truth_at <= band["high"])
     for k, v in hits.items():
         assert 0.8 <= np.mean(v) <= 1.0, (k, np.mean(v))
+
+
+def test_leave_largest_out_has_no_relative_error_where_the_truth_is_zero():
+    """A held-out best gamma of 0 has no relative error: the check reports the absolute one instead of
+    dividing by ~0 (it once printed 2e+299 %)."""
+    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    df = pd.DataFrame({"batch": x, "gamma": [4.0, 3.0, 2.0, 1.0, 1.0, 0.0]})
+    res = fit_law(df, "log_linear", "batch", "gamma", weights=False)
+    h = res.holdout["batch"]
+    assert h["n_heldout"] == 1 and "mean_rel_error" not in h
+    assert np.isfinite(h["mean_abs_error"]) and h["mean_abs_error"] > 0

@@ -50,12 +50,17 @@ def test_study_runs_fits_reports_and_resumes(python: str, study_env: dict[str, s
     assert ((checks["ratio"] - checks["measured_speedup"] / checks["predicted_speedup"]).abs() < 1e-4).all()
     assert "## Recommendation checked by measurement" in report and "## Serving recommendation" in report
 
-    # resume: every job has a record, so the sweep is not launched again
+    # resume: every job has a record, so the sweep is not launched again; files the study does not write
+    # (a user's notes beside the report) survive the re-write, and the study's own files are replaced
+    (out / "claims.py").write_text("# my analysis\n")
+    (out / "report.md").write_text("stale")
     again = _study(python, study_env, "--experiment", "smoke", "--out", str(out), "--n-bootstrap", "20",
                    "runtime.progress=false", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 already done" in again.stdout
     assert "scylla.harness.run" not in again.stdout  # no sweep command was run
+    assert (out / "claims.py").read_text() == "# my analysis\n"
+    assert (out / "report.md").read_text().startswith("# Scylla reference study")
 
 
 def test_study_bad_input_is_one_clear_error(python: str, study_env: dict[str, str], tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 chains) and tau by token budget, each draft's slope of alpha in ln tokens, the best shape per batch size and
 the best gamma per batch size at each draft's largest budget.
 
-    .venv/bin/python experiments/reference/claims.py experiments/reference/results.csv > experiments/reference/claims.txt
+    .venv/bin/python experiments/reference/claims.py experiments/reference/results.csv outputs/study/results \
+        > experiments/reference/claims.txt   (the records folder is optional: the responses corpus size)
 """
 import sys
 from pathlib import Path
@@ -42,3 +43,25 @@ for lab, g in f[f.tree.str.startswith("chain")].groupby("label"):
     print(f"{lab:22s}", " ".join(f"B{int(r.batch_size)}:g{int(r.gamma)}({r.predicted_speedup:.2f})" for r in best.itertuples()))
 
 
+print("== data source: each (label, tokens) trained on the target's own answers against corpus text; tau (chain:4, batch 1) per task")
+src_t = c4.groupby(["label", "data_source", "draft_tokens", "task"]).tau.mean().unstack("task")
+src_t["mean"] = src_t.mean(axis=1)
+labels = set(c4.loc[c4.data_source == "responses", "label"])
+print(src_t[src_t.index.get_level_values(0).isin(labels | {lab.split("[")[0] for lab in labels})]
+      .loc[lambda t: t.index.get_level_values(2) <= c4.loc[c4.data_source == "responses", "draft_tokens"].max()]
+      .round(3).to_string())
+if len(sys.argv) > 2:  # the records folder: how many tokens the responses corpus holds (not in results.csv)
+    import json
+    for path in sorted(Path(sys.argv[2]).glob("*.json")):
+        resp = (json.loads(path.read_text()).get("draft") or {}).get("responses")
+        if resp:
+            total = resp["prompt_tokens"] + resp["response_tokens"]
+            print(f"responses corpus: {resp['n_prompts']} requests, {resp['prompt_tokens']:,} prompt + "
+                  f"{resp['response_tokens']:,} answer tokens = {total:,} (all splits); "
+                  f"400,000 training tokens = {400_000 / total:.1f} passes over all of it")
+            break
+print("== probed target step per batch size (ms, median over jobs): 1 token (plain decoding) and 2 tokens (chain:1 verify)")
+c1 = f[(f.tree == "chain:1") & (f.family == "llama")]
+steps = c1.groupby("batch_size")[["target_step_seconds", "verify_step_seconds"]].median() * 1000
+steps["verify / plain"] = steps.verify_step_seconds / steps.target_step_seconds
+print(steps.round(3).to_string())

@@ -448,9 +448,11 @@ def _report(summary: dict, fits: dict[str, FitResult], rec: Recommendation | Non
             lo, hi = res.intervals.get(k, (float("nan"), float("nan")))
             lines.append(f"| {k} | {v:.6g} | [{lo:.6g}, {hi:.6g}] |")
         for axis, h in res.holdout.items():
-            if "mean_rel_error" in h:
+            if "mean_abs_error" in h:
+                err = (f"mean relative error {100 * h['mean_rel_error']:.2f}%" if "mean_rel_error" in h else
+                       f"mean absolute error {h['mean_abs_error']:.3g} (true values 0: no relative error)")
                 lines.append(f"\nLeave-largest-out along `{axis}` (x{h['extrapolation_factor']:.2g} beyond the "
-                             f"training range): mean relative error {100 * h['mean_rel_error']:.2f}% on {h['n_heldout']} point(s).")
+                             f"training range): {err} on {h['n_heldout']} point(s).")
         lines += [f"\n> warning: {w}" for w in res.warnings]
         lines.append("")
     if rec is not None:

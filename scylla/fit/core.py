@@ -691,7 +691,9 @@ def leave_largest_out(result: FitResult, frame: pd.DataFrame) -> dict[str, dict]
     """Per axis: refit without the configurations at that axis' largest value and predict them.
 
     Reports the mean absolute and mean relative error on the response's natural scale, and how far
-    the held-out points lie beyond the training range (the extrapolation factor in x).
+    the held-out points lie beyond the training range (the extrapolation factor in x). The relative
+    error leaves out held-out points whose true value is 0 (a best gamma of 0, say), where it is
+    undefined; with no other point it is absent and the absolute error stands alone.
     """
     out: dict[str, dict] = {}
     data = _prepare(frame, result.form, result.x, result.y, result.weights_spec)
@@ -720,8 +722,10 @@ def leave_largest_out(result: FitResult, frame: pd.DataFrame) -> dict[str, dict]
             "extrapolation_factor": float(col.max() / col[train].max()),
             "mean_abs_error": float(np.mean(np.abs(err))),
             "mean_error": float(np.mean(err)),
-            "mean_rel_error": float(np.mean(np.abs(err) / np.maximum(np.abs(y_true), 1e-300))),
         }
+        nonzero = y_true != 0
+        if nonzero.any():
+            out[name]["mean_rel_error"] = float(np.mean(np.abs(err[nonzero]) / np.abs(y_true[nonzero])))
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 from filelock import FileLock
 
 __all__ = ["measure", "check_cell", "task_prompts"]
+
+log = logging.getLogger(__name__)
 
 _COUNTERS = ("prompt_drafted", "prompt_accepted", "prompt_steps", "prompt_generated", "accepted_per_position",
              "reached_per_position")
@@ -114,9 +117,19 @@ def _shape_key(model: Any) -> str:
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _contended(machine: dict[str, Any]) -> bool:
+    """Whether a cached probe kept rounds timed beside other processes, by today's limit."""
+    from scylla.measure.probes import foreign_core_limit
+
+    worst = machine.get("foreign_cores_max")
+    return bool(machine.get("contended_rounds_kept")) or (worst is not None and worst > foreign_core_limit())
+
+
 def _cached_json(ctx: Any, name: str, key_parts: list[Any], compute: Any, parse: Any) -> Any:
     """``parse(blob)`` of ``<cache>/probes/<name>-<key>.json``, or ``compute()`` (a list of probes) written
-    there atomically first. Timing caches hold no results, so a damaged one is only re-measured."""
+    there atomically first. Timing caches hold no results, so a damaged one is only re-measured, and so is
+    one timed while other processes shared the CPU (`_contended`): one such probe would otherwise price
+    every later job of the sweep."""
     from scylla.measure.probes import machine_info
 
     key = hashlib.sha256(json.dumps([*key_parts, machine_info()], sort_keys=True,
@@ -127,9 +140,13 @@ def _cached_json(ctx: Any, name: str, key_parts: list[Any], compute: Any, parse:
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             try:
-                return parse(json.loads(path.read_text())["probes"])
-            except (ValueError, KeyError, TypeError):
-                path.unlink()
+                blob = json.loads(path.read_text())["probes"]
+                if not any(_contended(p.get("machine") or {}) for p in blob):
+                    return parse(blob)
+                log.warning("cached probe %s was timed beside other processes: probing again", path.name)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+            path.unlink()
         probes = compute()
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -174,8 +191,10 @@ def _cached_overheads(ctx: Any, target: Any, draft: Any, prompts: list[list[int]
     dec = ctx.cfg.decode
     draft_key = _shape_key(draft) if shape != "chain:0" and hasattr(draft, "parameters") else type(draft).__name__
     mean_prompt = round(sum(map(len, prompts)) / len(prompts))
+    from scylla.measure.probes import PROBE_VERSION
+
     parts = ["overhead", _shape_key(target), draft_key, shape, sorted(dec.batch_sizes), repeats, dec.temperature,
-             mean_prompt]
+             mean_prompt, PROBE_VERSION]
 
     def compute() -> list[Any]:
         return probe_overhead(target, draft if shape != "chain:0" else None, prompts, batch_sizes=dec.batch_sizes,

@@ -36,8 +36,9 @@ from scylla.config import ConfigError, compose, validate
 
 __all__ = ["main", "export_table", "write_report", "headline_laws", "study_plan", "part_commands", "StudyJob"]
 
-# Columns that are machine-local or bulky: left out of the committed table.
-_DROP = ("record_path", "prompt_accepted", "prompt_drafted", "prompt_steps")
+# Columns that are machine-local or bulky, left out of the committed table: paths, per-prompt lists, and
+# the 64-character corpus hash repeated on every row (each record keeps it).
+_DROP = ("record_path", "prompt_accepted", "prompt_drafted", "prompt_steps", "corpus_manifest_hash")
 # The laws the report leads with (fit key -> what it says), in order.
 HEADLINE = [
     ("alpha_vs_tokens/log_linear", "acceptance vs ln draft tokens (largest draft)"),
@@ -412,6 +413,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_report(frame, staging, staging / "fit", command=command, settings=settings, sweep_seconds=sweep_seconds,
                  name=out.name, sections=sections)
     if out.exists():
+        # Keep what the study does not write (notes, analysis scripts beside the report), then swap.
+        for entry in out.iterdir():
+            if not (staging / entry.name).exists():
+                shutil.move(str(entry), str(staging / entry.name))
         shutil.rmtree(out)
     staging.rename(out)
     from scylla.harness.demo import summary_table

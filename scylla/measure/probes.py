@@ -6,7 +6,9 @@ draft's forwards on its block widths, each model's prefill, and the engine's own
 the forwards. `probe_forwards` times each forward against a cache holding ``context`` tokens (the
 context length is stated in every record), over several interleaved repeats, and keeps every raw time
 with the median and the best, the thread count, the precision and the CPU capability, so a record
-says what machine state produced it. `probe_overhead` runs the engine itself for a few steps per batch
+says what machine state produced it. Each repeat also measures the CPU time other processes (and the
+hypervisor's steal) took meanwhile (`CpuContention`): a round that shared the cores is timed again,
+because a probe taken beside another job priced a whole study's batch-1 steps 25-34% wrong. `probe_overhead` runs the engine itself for a few steps per batch
 size and keeps its wall time outside the model forwards.
 
 Probe every row count a prediction needs: a forward's cost on a CPU is not linear in its rows (the
@@ -16,8 +18,12 @@ probed batch sizes is only a fallback (docs/oracle.md, "Cost probes").
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import statistics
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -27,10 +33,71 @@ import torch
 from scylla.decode.cache import CachedLM
 
 # Bump when the way probes are taken changes, so cached probes of an older method are not reused.
-PROBE_VERSION = 2
+# 3: rounds that shared the CPU with other processes are re-timed, and the contention is recorded.
+PROBE_VERSION = 3
 
-__all__ = ["PROBE_VERSION", "ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill",
-           "probe_overhead", "machine_info", "interp_weights", "resampled_summaries"]
+__all__ = ["PROBE_VERSION", "MAX_FOREIGN_CORES", "foreign_core_limit", "CpuContention", "ForwardProbe",
+           "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill", "probe_overhead",
+           "machine_info", "interp_weights", "resampled_summaries"]
+
+# Cores' worth of CPU time other processes (and the hypervisor's steal) may take during a probe round,
+# beyond the cores the probe leaves idle, before the round is re-timed. Not a speed figure of any machine:
+# a quiet machine shows ~0.01 whatever its CPU. It is small because a forward's threads meet at a barrier
+# after every operation, so a little foreign work on a core they use delays all of them: a probe with
+# 0.12-0.20 foreign cores on 2 cores timed SmolLM2's forwards 40-70% slower than a quiet one (0.01).
+MAX_FOREIGN_CORES = 0.05
+
+
+def foreign_core_limit(threads: int | None = None) -> float:
+    """`MAX_FOREIGN_CORES` plus the cores this process's threads leave idle (foreign work can run there)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return MAX_FOREIGN_CORES + max(0, (os.cpu_count() or 1) - threads)
+
+
+log = logging.getLogger(__name__)
+
+
+class CpuContention:
+    """Cores' worth of CPU time taken by *other* processes (and stolen by the hypervisor) while the
+    ``with`` block ran: all CPUs' busy time from ``/proc/stat`` minus this process's own CPU time, over
+    the wall time. ``foreign_cores`` is None where ``/proc/stat`` is not there (non-Linux) or the block
+    was too short for the kernel's tick to resolve (under 0.1 s)."""
+
+    MIN_WALL = 0.1
+
+    def __init__(self) -> None:
+        self.foreign_cores: float | None = None
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(x) for x in fh.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal: busy is everything but idle and iowait
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_seconds() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def __enter__(self) -> "CpuContention":
+        self._start = (time.perf_counter(), self._busy_seconds(), self._own_seconds())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall0, busy0, own0 = self._start
+        wall, busy = time.perf_counter() - wall0, self._busy_seconds()
+        if busy is None or busy0 is None or wall < self.MIN_WALL:
+            return
+        self.foreign_cores = max(0.0, (busy - busy0) - (self._own_seconds() - own0)) / wall
+
+
+def _contended(foreign: float | None, limit: float) -> bool:
+    return foreign is not None and foreign > limit
 
 
 def machine_info() -> dict[str, Any]:
@@ -83,6 +150,7 @@ class OverheadProbe:
     shape: str
     per_step: list[float]
     draft_forwards_per_step: float
+    machine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median(self) -> float:
@@ -102,7 +170,8 @@ def _tokens(vocab: int, batch: int, width: int, generator: torch.Generator, devi
 
 @torch.inference_mode()
 def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[int], widths: Iterable[int],
-                   context: int, repeats: int = 5, tree_widths: Iterable[int] = (), seed: int = 0) -> list[ForwardProbe]:
+                   context: int, repeats: int = 5, tree_widths: Iterable[int] = (), seed: int = 0,
+                   max_foreign_cores: float | None = None, max_retimed: int | None = None) -> list[ForwardProbe]:
     """Time one cached forward of ``model`` per (batch size, width), every cell once per repeat.
 
     One cache per batch size is prefilled with ``context`` random tokens and kept for the whole probe; after
@@ -111,7 +180,13 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
     over seconds to minutes, and probing one batch size after another would fold that drift into the
     cost curve (a repeat-major order spreads it over every cell alike, so ratios between cells hold).
     ``tree_widths`` are also timed with a 4D tree mask (siblings hidden from each other), the mask tree
-    verification passes."""
+    verification passes.
+
+    A round during which other processes took more than ``max_foreign_cores`` of CPU (`CpuContention`;
+    default `foreign_core_limit`) is discarded and timed again, at most ``max_retimed`` times (default:
+    ``repeats``); each probe's
+    ``machine`` records the contention of the rounds it kept and how many were re-timed, and a warning
+    says when contended rounds had to be kept."""
     device = next(model.parameters()).device
     vocab = int(model.get_input_embeddings().weight.shape[0])
     g = torch.Generator().manual_seed(seed)
@@ -127,25 +202,62 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
                   last_only=True)
         caches[b] = lm
     times: dict[tuple[int, str, int], list[float]] = {(b, k, w): [] for b in batches for k, w in kinds}
-    for rep in range(repeats + 1):  # the first round warms up
-        for b in batches:
-            lm = caches[b]
-            for kind, w in kinds:
-                tok = _tokens(vocab, b, w, g, device)
-                valid = torch.ones(b, w, dtype=torch.bool, device=device)
-                visible = None
-                if kind == "tree":  # root + w - 1 children of it: each child sees the root and itself
-                    vis = torch.eye(w, dtype=torch.bool, device=device)
-                    vis[:, 0] = True
-                    visible = torch.cat([torch.ones(w, lm.length, dtype=torch.bool, device=device), vis], 1)
-                    visible = visible.expand(b, -1, -1)
-                before = lm.forward_seconds
-                lm.append(tok, valid, visible=visible,
-                          positions=None if kind == "decode" else lm.next_pos[:, None] + (torch.arange(w) > 0).long())
-                if rep:
-                    times[(b, kind, w)].append(lm.forward_seconds - before)
-                lm.keep_block(w, torch.zeros(b, w, dtype=torch.bool, device=device))
+    budget = repeats if max_retimed is None else max(0, int(max_retimed))
+    max_foreign_cores = foreign_core_limit() if max_foreign_cores is None else float(max_foreign_cores)
+    kept_foreign: list[float | None] = []
+    retimed = 0
+    rep = 0
+    while rep <= repeats:  # round 0 warms up
+        round_times: dict[tuple[int, str, int], float] = {}
+        with CpuContention() as load:
+            _probe_round(caches, kinds, vocab, g, device, round_times)
+        if rep and _contended(load.foreign_cores, max_foreign_cores) and retimed < budget:
+            retimed += 1
+            log.info("probe round shared the CPU with other processes (%.2f cores); timing it again",
+                     load.foreign_cores)
+            continue
+        if rep:
+            kept_foreign.append(load.foreign_cores)
+            for cell, t in round_times.items():
+                times[cell].append(t)
+        rep += 1
+    contention = _contention_summary(kept_foreign, retimed, max_foreign_cores, f"{role} forwards")
+    info = {**info, **contention}
     return [ForwardProbe(role, kind, b, w, context, ts, dtype, info) for (b, kind, w), ts in times.items()]
+
+
+def _contention_summary(foreign: Sequence[float | None], retimed: int, limit: float, what: str) -> dict[str, Any]:
+    """What a probe records about the CPU it shared, and a warning when contended rounds were kept."""
+    known = [f for f in foreign if f is not None]
+    kept_contended = sum(_contended(f, limit) for f in known)
+    if kept_contended:
+        warnings.warn(f"{what}: {kept_contended} of {len(foreign)} timed rounds ran while other processes took "
+                      f"up to {max(known):.2f} cores; their times are inflated. Probe on an idle machine (stop "
+                      f"other jobs), then delete the cached probe under <cache>/probes to re-take it.",
+                      stacklevel=3)
+    return {"foreign_cores_max": round(max(known), 3) if known else None,
+            "foreign_cores_median": round(float(statistics.median(known)), 3) if known else None,
+            "rounds_retimed": retimed, "contended_rounds_kept": kept_contended}
+
+
+def _probe_round(caches: dict[int, CachedLM], kinds: Sequence[tuple[str, int]], vocab: int,
+                 g: torch.Generator, device: torch.device, out: dict[tuple[int, str, int], float]) -> None:
+    """One forward per (batch size, kind, width), each on its batch size's cache, cropped back after."""
+    for b, lm in caches.items():
+        for kind, w in kinds:
+            tok = _tokens(vocab, b, w, g, device)
+            valid = torch.ones(b, w, dtype=torch.bool, device=device)
+            visible = None
+            if kind == "tree":  # root + w - 1 children of it: each child sees the root and itself
+                vis = torch.eye(w, dtype=torch.bool, device=device)
+                vis[:, 0] = True
+                visible = torch.cat([torch.ones(w, lm.length, dtype=torch.bool, device=device), vis], 1)
+                visible = visible.expand(b, -1, -1)
+            before = lm.forward_seconds
+            lm.append(tok, valid, visible=visible,
+                      positions=None if kind == "decode" else lm.next_pos[:, None] + (torch.arange(w) > 0).long())
+            out[(b, kind, w)] = lm.forward_seconds - before
+            lm.keep_block(w, torch.zeros(b, w, dtype=torch.bool, device=device))
 
 
 @torch.inference_mode()
@@ -159,15 +271,35 @@ def probe_prefill(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[in
     info = machine_info()
     out = []
     for b in sorted(set(int(x) for x in batch_sizes)):
-        ts = []
-        for rep in range(repeats + 1):
+        def one() -> float:
             lm = CachedLM(model, b, device)
             lm.append(_tokens(vocab, b, context, g, device), torch.ones(b, context, dtype=torch.bool, device=device),
                       last_only=True)
-            if rep:
-                ts.append(lm.forward_seconds)
-        out.append(ForwardProbe(role, "prefill", b, context, context, ts, dtype, info))
+            return lm.forward_seconds
+
+        one()  # warm-up
+        ts, foreign, retimed = _uncontended_repeats(one, repeats)
+        contention = _contention_summary(foreign, retimed, foreign_core_limit(), f"{role} prefill at batch {b}")
+        out.append(ForwardProbe(role, "prefill", b, context, context, ts, dtype, {**info, **contention}))
     return out
+
+
+def _uncontended_repeats(fn: Any, repeats: int) -> tuple[list[Any], list[float | None], int]:
+    """``repeats`` results of ``fn()``, each repeat re-run (at most ``repeats`` times in all) when other
+    processes took more than `foreign_core_limit` cores meanwhile; with the contention of the kept repeats."""
+    limit = foreign_core_limit()
+    kept: list[Any] = []
+    foreign: list[float | None] = []
+    retimed = 0
+    while len(kept) < repeats:
+        with CpuContention() as load:
+            value = fn()
+        if _contended(load.foreign_cores, limit) and retimed < repeats:
+            retimed += 1
+            continue
+        kept.append(value)
+        foreign.append(load.foreign_cores)
+    return kept, foreign, retimed
 
 
 def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequence[int]], *,
@@ -180,14 +312,19 @@ def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequen
     out = []
     for b in sorted(set(int(x) for x in batch_sizes)):
         rows = [list(prompts[i % len(prompts)]) for i in range(b)]
-        per_step, fw = [], []
-        for rep in range(repeats + 1):
-            s = speculative_generate(target, draft if shape != "chain:0" else None, rows, tree=shape,
-                                     max_new_tokens=new_tokens, temperature=temperature, batch_size=b, seed=rep).stats
-            if rep:
-                per_step.append(s.overhead_seconds / max(s.verify_forwards, 1))
-                fw.append(s.draft_forwards / max(s.verify_forwards, 1))
-        out.append(OverheadProbe(b, shape, per_step, float(np.mean(fw))))
+        seeds = iter(range(1 << 30))
+
+        def one() -> Any:
+            return speculative_generate(target, draft if shape != "chain:0" else None, rows, tree=shape,
+                                        max_new_tokens=new_tokens, temperature=temperature, batch_size=b,
+                                        seed=next(seeds)).stats
+
+        one()  # warm-up
+        runs, foreign, retimed = _uncontended_repeats(one, repeats)
+        per_step = [s.overhead_seconds / max(s.verify_forwards, 1) for s in runs]
+        fw = [s.draft_forwards / max(s.verify_forwards, 1) for s in runs]
+        contention = _contention_summary(foreign, retimed, foreign_core_limit(), f"engine overhead at batch {b}")
+        out.append(OverheadProbe(b, shape, per_step, float(np.mean(fw)), contention))
     return out
 
 

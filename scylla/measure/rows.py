@@ -67,6 +67,8 @@ def measurement(task: str, *, source: str, stats: dict[str, Any], batch_size: in
         "baseline_tokens_per_second_repeats": timing.get("baseline_tokens_per_second_repeats"),
         "predicted_high": prediction.get("high"), "predicted_steady_state": prediction.get("steady_state"),
         "oracle_match": oracle_match,
+        # engine rows: other processes' CPU use (cores) per kept repeat, and repeats decoded again for it
+        "foreign_cores": timing.get("foreign_cores"), "pairs_retimed": timing.get("pairs_retimed"),
         "tau_definition": TAU_DEFINITION,
     }
     for name in ("target_step_seconds", "verify_step_seconds", "draft_step_seconds", "overhead_step_seconds"):
@@ -88,6 +90,7 @@ def from_speedup(task: str, m: Any, *, temperature: float, max_new_tokens: int,
         timing={"tokens_per_second": m.speculative_tps, "baseline_tokens_per_second": m.baseline_tps,
                 "tokens_per_second_repeats": [s.tokens_per_second for s in (m.speculative_runs or [m.speculative])],
                 "baseline_tokens_per_second_repeats": [b.tokens_per_second for b in (m.baseline_runs or [m.baseline])],
+                "foreign_cores": list(getattr(m, "foreign_cores", [])), "pairs_retimed": getattr(m, "pairs_retimed", 0),
                 "speedup": m.speedup, "c": m.c, "target_step_seconds": m.target_step_seconds,
                 "verify_step_seconds": m.verify_step_seconds, "draft_step_seconds": m.draft_step_seconds,
                 "overhead_step_seconds": m.speculative.overhead_seconds / max(m.speculative.verify_forwards, 1)})

@@ -32,6 +32,10 @@ class SpeedupMeasurement:
     baseline_runs: list[DecodeStats] = field(default_factory=list)
     # How repeats are summarised: "median", or "best" (each side's fastest run, shortest step times).
     summary: Literal["median", "best"] = "median"
+    # Other processes' CPU use (cores) during each kept (plain, speculative) pair, and how many pairs
+    # were decoded again because it was over `scylla.measure.probes.foreign_core_limit`.
+    foreign_cores: list[float | None] = field(default_factory=list)
+    pairs_retimed: int = 0
 
     def summarised(self, how: Literal["median", "best"]) -> "SpeedupMeasurement":
         """The same runs summarised another way. ``"best"`` takes each side's fastest run and shortest
@@ -111,7 +115,12 @@ def measure_speedup(
     Repeats are interleaved (plain, speculative, plain, ...) and summarised by the median
     tokens/s and median step times, so drifting machine load hits both sides alike. Counters come
     from the last repeat (they are identical across repeats at temperature 0 and for a fixed seed).
+    A (plain, speculative) pair during which other processes took CPU time over
+    `scylla.measure.probes.foreign_core_limit` is decoded again (at most ``repeats`` times in all), as
+    cost probes are: foreign work slows the two sides unequally.
     """
+    from scylla.measure.probes import CpuContention, foreign_core_limit
+
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
@@ -123,12 +132,21 @@ def measure_speedup(
         speculative_generate(target, draft, few, **shape, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
     base_runs: list[DecodeStats] = []
     spec_runs: list[DecodeStats] = []
-    for _ in range(repeats):
-        base_runs.append(speculative_generate(target, None, prompts, gamma=0, **kwargs).stats)
-        spec_runs.append(speculative_generate(target, draft, prompts, **shape, **kwargs).stats)
+    foreign: list[float | None] = []
+    retimed, limit = 0, foreign_core_limit()
+    while len(spec_runs) < repeats:
+        with CpuContention() as load:
+            base = speculative_generate(target, None, prompts, gamma=0, **kwargs).stats
+            spec = speculative_generate(target, draft, prompts, **shape, **kwargs).stats
+        if load.foreign_cores is not None and load.foreign_cores > limit and retimed < repeats:
+            retimed += 1
+            continue
+        base_runs.append(base)
+        spec_runs.append(spec)
+        foreign.append(load.foreign_cores)
     return SpeedupMeasurement(
         gamma=spec_runs[-1].gamma, batch_size=batch_size, speculative=spec_runs[-1], baseline=base_runs[-1],
         speculative_tps=statistics.median(s.tokens_per_second for s in spec_runs),
         baseline_tps=statistics.median(b.tokens_per_second for b in base_runs),
-        speculative_runs=spec_runs, baseline_runs=base_runs,
+        speculative_runs=spec_runs, baseline_runs=base_runs, foreign_cores=foreign, pairs_retimed=retimed,
     )
