@@ -5,7 +5,9 @@
 3. at batch 1, our speculative decoding against HF assisted generation with the same full-vocabulary
    pair and the same constant gamma (goal >= 1.0; outputs compared);
 4. the engine's wall time outside its timed forwards as a share of the total, plain and speculative,
-   at batch sizes 1 to 32 (goal <= 5%: the forwards themselves are the limit).
+   at batch sizes 1 to 32 (goal <= 5%: the forwards themselves are the limit);
+5. the vocabulary reductions behind that share, at verification's shapes over SmolLM2's vocabulary:
+   torch's argmax and top-k kernels against `scylla.decode.vocab_ops` (identical answers, checked).
 
 Decoding sides run ``SCYLLA_BENCH_REPEATS`` (5) times, interleaved; ratios compare each side's fastest
 run (interference only slows a run), medians beside them. The draft for 3 and 4 is a full-vocabulary
@@ -183,6 +185,35 @@ def overhead_share(model: Any, draft: Any, tok: Any, repeats: int) -> None:
     print(f"[4] worst share {worst:.1%} (goal <= 5%; the run with the shortest wall time of each cell)")
 
 
+def vocabulary_reductions(vocab: int, repeats: int) -> None:
+    """[5] argmax / top-k over the vocabulary: torch's kernels against `scylla.decode.vocab_ops`."""
+    from scylla.decode.vocab_ops import greedy_tokens, top_k_tokens
+
+    g = torch.Generator().manual_seed(0)
+    cases = (((32, GAMMA + 1, vocab), f"verify chain:{GAMMA} @B=32"), ((32, 22, vocab), "verify a 21-node tree @B=32"),
+             ((1, GAMMA + 1, vocab), f"verify chain:{GAMMA} @B=1"), ((32, 4, vocab), "top-4 of 4 frontier nodes @B=32"))
+    for shape, what in cases:
+        x = torch.randn(*shape, generator=g)
+        if "top-4" in what:
+            sides = {"torch.topk": lambda: x.topk(4, dim=-1), "top_k_tokens": lambda: top_k_tokens(x, 4)}
+            same = torch.equal(sides["torch.topk"]()[1], sides["top_k_tokens"]()[1])
+        else:
+            sides = {"torch.argmax": lambda: x.argmax(-1), "greedy_tokens": lambda: greedy_tokens(x)}
+            same = torch.equal(sides["torch.argmax"](), sides["greedy_tokens"]())
+        best = {}
+        for name, fn in sides.items():
+            fn()
+            runs = []
+            for _ in range(max(5, repeats * 4)):
+                t0 = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t0)
+            best[name] = min(runs)
+        (a, ta), (b, tb) = best.items()
+        print(f"[5] {what} {list(shape)}: {a} {ta * 1e3:.2f} ms, {b} {tb * 1e3:.2f} ms, {a}/{b} {ta / tb:.1f}x; "
+              f"identical: {same}", flush=True)
+
+
 def main() -> None:
     torch.manual_seed(0)
     repeats = int(os.environ.get("SCYLLA_BENCH_REPEATS", "5"))
@@ -198,6 +229,8 @@ def main() -> None:
     draft = full_vocab_draft()
     speculative_against_assisted(model, draft, tok, repeats)
     overhead_share(model, draft, tok, repeats)
+    print()
+    vocabulary_reductions(tok.vocab_size, repeats)
 
 
 if __name__ == "__main__":

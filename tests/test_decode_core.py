@@ -220,3 +220,37 @@ def test_tree_shapes_parse_and_bad_ones_are_refused(target, prompts):
             speculative_generate(target, target, prompts, tree="static:2x2", max_new_tokens=4)
     finally:
         target.config._attn_implementation = "sdpa"
+
+
+@pytest.mark.parametrize("vocab", [64, 2048, 3000, 8192, 49_152])
+def test_greedy_tokens_is_argmax_including_ties(vocab):
+    """The sliced argmax behind greedy verification gives torch.argmax's index, first maximum on ties,
+    for vocabularies with and without a shorter last slice and for non-contiguous views."""
+    from scylla.decode.vocab_ops import greedy_tokens
+
+    g = torch.Generator().manual_seed(vocab)
+    noisy = torch.randn(4, 6, vocab, generator=g)
+    tied = torch.randint(0, 3, (4, 6, vocab), generator=g).float()  # the maximum recurs in many slices
+    late = torch.full((5, vocab), -1.0)
+    late[torch.arange(5), torch.tensor([vocab - 1, vocab - 2, 0, vocab // 2, vocab - 1])] = 2.0
+    late[4, vocab - 3] = 2.0  # a tie inside the shorter last slice
+    for logits in (noisy, tied, noisy[:, 1:4], tied[:, ::2], late):
+        assert torch.equal(greedy_tokens(logits), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("vocab", [64, 8192, 9000, 49_152])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_top_k_tokens_is_topk(vocab, k):
+    """The sliced top-k behind tree proposers returns torch.topk's values and indices (distinct values),
+    also when the k largest share one slice or sit in a shorter last slice."""
+    from scylla.decode.vocab_ops import top_k_tokens
+
+    g = torch.Generator().manual_seed(vocab + k)
+    noisy = torch.randn(3, 5, vocab, generator=g)
+    crowded = noisy.clone()
+    crowded[0, 0, 5:5 + k] = 10 + torch.arange(k, dtype=torch.float)  # all in the first slice
+    crowded[1, 2, vocab - k:] = 10 + torch.arange(k, dtype=torch.float)  # all at the end
+    for logits in (noisy, crowded, noisy[:, ::2]):
+        values, idx = top_k_tokens(logits, k)
+        want_values, want_idx = logits.topk(k, dim=-1)
+        assert torch.equal(idx, want_idx) and torch.equal(values, want_values)

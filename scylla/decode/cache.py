@@ -106,15 +106,18 @@ class CachedLM:
             return
         prefix = keep.long().cumprod(1).bool()
         if not bool((prefix == keep).all()):
-            order = torch.sort((~keep).long(), dim=1, stable=True).indices  # kept slots first, in order
+            # Kept slots first, in order; only the first ``kept`` of them hold anything any row keeps, so
+            # only those are gathered (the slots after them are cropped below).
+            kept = int(keep.sum(1).max())
+            order = torch.sort((~keep).long(), dim=1, stable=True).indices[:, :kept]
             start = self.length - width
             for layer in self._layers():
                 idx = order[:, None, :, None]
-                layer.keys[:, :, start:] = layer.keys[:, :, start:].gather(
+                layer.keys[:, :, start:start + kept] = layer.keys[:, :, start:].gather(
                     2, idx.expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3]))
-                layer.values[:, :, start:] = layer.values[:, :, start:].gather(
+                layer.values[:, :, start:start + kept] = layer.values[:, :, start:].gather(
                     2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
-            keep = keep.gather(1, order)
+            keep = torch.cat([keep.gather(1, order), keep.new_zeros(keep.shape[0], width - kept)], 1)
         self.valid[:, -width:] &= keep
         self._crop_trailing()
 

@@ -28,10 +28,11 @@ from typing import Any, Sequence
 import torch
 
 from scylla.decode.cache import CachedLM
-from scylla.decode.proposers import Proposer, ancestor_matrix, pool_is_ancestor, register_proposer
+from scylla.decode.proposers import (Proposer, ancestor_matrix, draft_pick, draft_top_k, pool_is_ancestor,
+                                     register_proposer)
 from scylla.decode.target import FeatureSpec
 from scylla.decode.tree import TokenTree, TreeSpec, select_dynamic
-from scylla.decode.verify import Verdict, probs
+from scylla.decode.verify import Verdict
 from scylla.models.eagle3 import Eagle3Draft, target_features
 
 __all__ = ["Eagle3Proposer"]
@@ -98,23 +99,6 @@ class Eagle3Proposer(Proposer):
         self.forward_seconds += self.lm.forward_seconds - t0
         return out
 
-    # -- draft-vocabulary mapping ----------------------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, temperature: float,
-              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if temperature == 0:
-            tok, q = logits.argmax(-1), None
-        else:
-            q = probs(logits.float(), temperature)
-            tok = torch.multinomial(q, 1, generator=generator).squeeze(1)
-        if self.vocab is not None:
-            tok = self.vocab.to_target(tok)
-            q = self.vocab.scatter_probs(q) if q is not None else None
-        return tok, q
-
-    def _topk(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        logp, idx = torch.log_softmax(logits.float(), -1).topk(k, dim=-1)
-        return (self.vocab.to_target(idx) if self.vocab is not None else idx), logp
-
     # -- drafting ----------------------------------------------------------------------------------
     def propose(self, root: torch.Tensor, limit: torch.Tensor, contexts: Sequence[Sequence[int]],
                 temperature: float, generator: torch.Generator | None) -> TokenTree | None:
@@ -151,7 +135,7 @@ class Eagle3Proposer(Proposer):
         ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
         tokens, qs = [], []
         for k in range(depth):
-            tok, q = self._pick(logits, temperature, generator)
+            tok, q = draft_pick(logits, temperature, generator, self.vocab)
             tokens.append(tok)
             if q is not None:
                 qs.append(q)
@@ -178,7 +162,7 @@ class Eagle3Proposer(Proposer):
         start, frontier_logits = 0, logits[:, None]
         for d, k in enumerate(spec.branching):
             width = frontier_logits.shape[1]
-            kids, _ = self._topk(frontier_logits, k)
+            kids, _ = draft_top_k(frontier_logits, k, self.vocab, scores=False)
             first = start + width if d else 0
             tokens[:, first:first + width * k] = kids.reshape(b, width * k)
             if d + 1 < spec.depth:
@@ -208,7 +192,7 @@ class Eagle3Proposer(Proposer):
         k, depth, n = spec.top_k, spec.depth, spec.total_tokens
         base_len = self.lm.length
         root_pos = self.lm.next_pos - 1
-        kids, logp = self._topk(logits, k)
+        kids, logp = draft_top_k(logits, k, self.vocab)
         pool_tok, pool_score = [kids], [logp]
         pool_parent = [torch.full((b, k), -1, dtype=torch.long, device=dev)]
         pool_depth = [torch.ones(b, k, dtype=torch.long, device=dev)]
@@ -234,7 +218,7 @@ class Eagle3Proposer(Proposer):
             h_all = h_all.scatter(1, frontier[:, :, None].expand(-1, -1, h_all.shape[-1]), out.last_hidden_state)
             pool_h = [h_all]
             fed_pool.append(frontier)
-            ctok, clogp = self._topk(out.logits, k)
+            ctok, clogp = draft_top_k(out.logits, k, self.vocab)
             score_all = torch.cat(pool_score, 1)
             cscore = score_all.gather(1, frontier)[:, :, None] + clogp
             pool_tok.append(ctok.reshape(b, k * k))

@@ -41,6 +41,7 @@ from scylla.decode.stats import DecodeStats, SpeculativeOutput
 from scylla.decode.target import FeatureSpec, TargetRunner
 from scylla.decode.tree import TokenTree, TreeSpec
 from scylla.decode.verify import Verdict, probs
+from scylla.decode.vocab_ops import greedy_tokens, top_k_tokens
 from scylla.measure.speedup import SpeedupMeasurement
 from scylla.models.mtp import FusedHeads, MTPForCausalLM
 
@@ -100,10 +101,10 @@ class MTPProposer(Proposer):
         g, b = states.shape[0], states.shape[1]
         logits = self.model.lm_head(states.transpose(0, 1)).float()  # [B, k-1, V]
         if self.spec.kind == "static":
-            self.candidates = [logits[:, j].topk(kj, dim=-1).indices for j, kj in enumerate(self.spec.branching)]
+            self.candidates = [top_k_tokens(logits[:, j], kj)[1] for j, kj in enumerate(self.spec.branching)]
             return
         if temperature == 0:
-            self.drafts, self.q = logits.argmax(-1), None
+            self.drafts, self.q = greedy_tokens(logits), None
             return
         self.q = probs(logits, temperature)
         self.drafts = torch.multinomial(self.q.reshape(b * g, -1), 1, generator=generator).view(b, g)

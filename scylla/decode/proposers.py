@@ -23,9 +23,11 @@ from scylla.decode.cache import CachedLM
 from scylla.decode.target import FeatureSpec, left_pad
 from scylla.decode.tree import TokenTree, TreeSpec, select_dynamic
 from scylla.decode.verify import Verdict, probs
+from scylla.decode.vocab_ops import greedy_tokens, top_k_tokens
+from scylla.models.vocab import DraftVocab
 
 __all__ = ["Proposer", "DraftLMProposer", "NgramProposer", "register_proposer", "make_proposer", "ancestor_matrix",
-           "pool_is_ancestor"]
+           "pool_is_ancestor", "draft_pick", "draft_top_k"]
 
 
 class Proposer:
@@ -72,6 +74,35 @@ class Proposer:
 
     def maybe_compact(self) -> None:
         """Tidy caches between steps (optional)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Draft logits to target ids (shared by every family with an LM head, reduced vocabulary or not)
+
+
+def draft_pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+               vocab: DraftVocab | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target id per row from draft logits [B, V_d], and q over target ids when sampling (zero outside
+    a reduced draft ``vocab``)."""
+    if temperature == 0:
+        tok, q = greedy_tokens(logits), None
+    else:
+        q = probs(logits.float(), temperature)
+        tok = torch.multinomial(q, 1, generator=generator).squeeze(1)
+    if vocab is not None:
+        tok = vocab.to_target(tok)
+        q = vocab.scatter_probs(q) if q is not None else None
+    return tok, q
+
+
+def draft_top_k(logits: torch.Tensor, k: int, vocab: DraftVocab | None,
+                scores: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Top-k target ids from draft logits [..., V_d] (ranked on the logits, as the oracle ranks), and
+    their draft log-probabilities when ``scores`` (dynamic trees rank nodes by them; static trees need
+    none, and skip a log-softmax over the draft vocabulary)."""
+    top, idx = top_k_tokens(logits, k)
+    logp = top.float() - torch.logsumexp(logits.float(), -1, keepdim=True) if scores else None
+    return (vocab.to_target(idx) if vocab is not None else idx), logp
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -138,24 +169,6 @@ class DraftLMProposer(Proposer):
         return out.logits.float()
 
     # -- draft-vocabulary mapping ----------------------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, temperature: float,
-              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Target id per row from draft logits [B, V_d], and q over target ids when sampling."""
-        if temperature == 0:
-            tok, q = logits.argmax(-1), None
-        else:
-            q = probs(logits, temperature)
-            tok = torch.multinomial(q, 1, generator=generator).squeeze(1)
-        if self.vocab is not None:
-            tok = self.vocab.to_target(tok)
-            q = self.vocab.scatter_probs(q) if q is not None else None
-        return tok, q
-
-    def _topk(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k target ids and their draft log-probabilities, from draft logits [..., V_d]."""
-        logp, idx = torch.log_softmax(logits, -1).topk(k, dim=-1)
-        return (self.vocab.to_target(idx) if self.vocab is not None else idx), logp
-
     # -- drafting ----------------------------------------------------------------------------------
     def propose(self, root: torch.Tensor, limit: torch.Tensor, contexts: Sequence[Sequence[int]],
                 temperature: float, generator: torch.Generator | None) -> TokenTree | None:
@@ -181,7 +194,7 @@ class DraftLMProposer(Proposer):
         ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
         tokens, qs = [], []
         for k in range(depth):
-            tok, q = self._pick(logits, temperature, generator)
+            tok, q = draft_pick(logits, temperature, generator, self.vocab)
             tokens.append(tok)
             if q is not None:
                 qs.append(q)
@@ -208,7 +221,7 @@ class DraftLMProposer(Proposer):
         start, frontier_logits = 0, logits[:, None]  # frontier: node ids [start, start + width)
         for d, k in enumerate(spec.branching):
             width = frontier_logits.shape[1]
-            kids, _ = self._topk(frontier_logits, k)  # [B, width, k]
+            kids, _ = draft_top_k(frontier_logits, k, self.vocab, scores=False)  # [B, width, k]
             first = start + width if d else 0
             tokens[:, first:first + width * k] = kids.reshape(b, width * k)
             if d + 1 < spec.depth:  # feed this depth's new nodes to get their children
@@ -237,7 +250,7 @@ class DraftLMProposer(Proposer):
         k, depth, n = spec.top_k, spec.depth, spec.total_tokens
         base_len = self.lm.length
         root_pos = self.lm.next_pos - 1
-        kids, logp = self._topk(logits, k)  # depth 1: [B, K]
+        kids, logp = draft_top_k(logits, k, self.vocab)  # depth 1: [B, K]
         pool_tok, pool_score = [kids], [logp]
         pool_parent = [torch.full((b, k), -1, dtype=torch.long, device=dev)]
         pool_depth = [torch.ones(b, k, dtype=torch.long, device=dev)]
@@ -257,7 +270,7 @@ class DraftLMProposer(Proposer):
             flog = self._append(tok_all.gather(1, frontier), torch.ones(b, k, dtype=torch.bool, device=dev),
                                 positions=positions.expand(b, k), visible=visible)
             fed_pool.append(frontier)
-            ctok, clogp = self._topk(flog, k)  # [B, K, K]
+            ctok, clogp = draft_top_k(flog, k, self.vocab)  # [B, K, K]
             score_all = torch.cat(pool_score, 1)
             cscore = score_all.gather(1, frontier)[:, :, None] + clogp
             pool_tok.append(ctok.reshape(b, k * k))

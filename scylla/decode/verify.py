@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from scylla.decode.tree import TokenTree
+from scylla.decode.vocab_ops import greedy_tokens
 
 __all__ = ["Verdict", "verify", "pick", "probs"]
 
@@ -61,7 +62,7 @@ def pick(logits: torch.Tensor, temperature: float,
          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row from logits [B, V]: argmax at temperature 0, else a sample (with its probs)."""
     if temperature == 0:
-        return logits.argmax(-1), None
+        return greedy_tokens(logits), None
     p = probs(logits, temperature)
     return torch.multinomial(p, 1, generator=generator).squeeze(1), p
 
@@ -99,8 +100,12 @@ def _path_from(deepest: torch.Tensor, n_acc: torch.Tensor, parent_ext: torch.Ten
 
 def _greedy(tree: TokenTree, logits: torch.Tensor, judged: torch.Tensor, depth: int,
             rows: torch.Tensor) -> Verdict:
-    best = logits.argmax(-1)  # [B, 1+N]: the target's token after each slot
-    match = judged & (tree.tokens == best.gather(1, tree.parent))
+    # The target's token after each slot that is the parent of a judged node: a prefix of the block
+    # (parents precede children), so leaves past it are never reduced over the vocabulary.
+    parents = tree.parent[judged]
+    upto = int(parents.max()) + 1 if parents.numel() else 1
+    best = greedy_tokens(logits[:, :upto])  # [B, upto]
+    match = judged & (tree.tokens == best.gather(1, tree.parent.clamp_max(upto - 1)))
     if tree.is_chain:
         acc = match.long().cumprod(1).bool()
     else:
@@ -115,7 +120,8 @@ def _greedy(tree: TokenTree, logits: torch.Tensor, judged: torch.Tensor, depth: 
     parent_ext = torch.cat([torch.zeros_like(tree.parent[:, :1]), tree.parent], 1)
     path = _path_from(deepest, n_acc, parent_ext, depth)
     has_child = (judged & (tree.parent == deepest[:, None])).any(1)
-    return Verdict(n_acc, path, best.gather(1, deepest[:, None]).squeeze(1), n_acc + has_child.long())
+    nxt = greedy_tokens(logits[rows, deepest])  # the correction or bonus token after the deepest slot
+    return Verdict(n_acc, path, nxt, n_acc + has_child.long())
 
 
 def _sampled(tree: TokenTree, logits: torch.Tensor, judged: torch.Tensor, depth: int, rows: torch.Tensor,

@@ -25,7 +25,7 @@ import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ from scylla.decode.cache import CachedLM
 # 3: rounds that shared the CPU with other processes are re-timed, and the contention is recorded.
 PROBE_VERSION = 3
 
-__all__ = ["PROBE_VERSION", "MAX_FOREIGN_CORES", "foreign_core_limit", "CpuContention", "ForwardProbe",
-           "OverheadProbe", "CostTable", "CostDraws", "probe_forwards", "probe_prefill", "probe_overhead",
-           "machine_info", "interp_weights", "resampled_summaries"]
+__all__ = ["PROBE_VERSION", "MAX_FOREIGN_CORES", "foreign_core_limit", "CpuContention", "UncontendedRuns",
+           "uncontended_repeats", "ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards",
+           "probe_prefill", "probe_overhead", "machine_info", "interp_weights", "resampled_summaries"]
 
 # Cores' worth of CPU time other processes (and the hypervisor's steal) may take during a probe round,
 # beyond the cores the probe leaves idle, before the round is re-timed. Not a speed figure of any machine:
@@ -202,42 +202,19 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
                   last_only=True)
         caches[b] = lm
     times: dict[tuple[int, str, int], list[float]] = {(b, k, w): [] for b in batches for k, w in kinds}
-    budget = repeats if max_retimed is None else max(0, int(max_retimed))
-    max_foreign_cores = foreign_core_limit() if max_foreign_cores is None else float(max_foreign_cores)
-    kept_foreign: list[float | None] = []
-    retimed = 0
-    rep = 0
-    while rep <= repeats:  # round 0 warms up
+
+    def one_round() -> dict[tuple[int, str, int], float]:
         round_times: dict[tuple[int, str, int], float] = {}
-        with CpuContention() as load:
-            _probe_round(caches, kinds, vocab, g, device, round_times)
-        if rep and _contended(load.foreign_cores, max_foreign_cores) and retimed < budget:
-            retimed += 1
-            log.info("probe round shared the CPU with other processes (%.2f cores); timing it again",
-                     load.foreign_cores)
-            continue
-        if rep:
-            kept_foreign.append(load.foreign_cores)
-            for cell, t in round_times.items():
-                times[cell].append(t)
-        rep += 1
-    contention = _contention_summary(kept_foreign, retimed, max_foreign_cores, f"{role} forwards")
-    info = {**info, **contention}
+        _probe_round(caches, kinds, vocab, g, device, round_times)
+        return round_times
+
+    one_round()  # warm-up
+    runs = uncontended_repeats(one_round, repeats, limit=max_foreign_cores, max_retimed=max_retimed)
+    for round_times in runs.values:
+        for cell, t in round_times.items():
+            times[cell].append(t)
+    info = {**info, **runs.summary(f"{role} forwards")}
     return [ForwardProbe(role, kind, b, w, context, ts, dtype, info) for (b, kind, w), ts in times.items()]
-
-
-def _contention_summary(foreign: Sequence[float | None], retimed: int, limit: float, what: str) -> dict[str, Any]:
-    """What a probe records about the CPU it shared, and a warning when contended rounds were kept."""
-    known = [f for f in foreign if f is not None]
-    kept_contended = sum(_contended(f, limit) for f in known)
-    if kept_contended:
-        warnings.warn(f"{what}: {kept_contended} of {len(foreign)} timed rounds ran while other processes took "
-                      f"up to {max(known):.2f} cores; their times are inflated. Probe on an idle machine (stop "
-                      f"other jobs), then delete the cached probe under <cache>/probes to re-take it.",
-                      stacklevel=3)
-    return {"foreign_cores_max": round(max(known), 3) if known else None,
-            "foreign_cores_median": round(float(statistics.median(known)), 3) if known else None,
-            "rounds_retimed": retimed, "contended_rounds_kept": kept_contended}
 
 
 def _probe_round(caches: dict[int, CachedLM], kinds: Sequence[tuple[str, int]], vocab: int,
@@ -278,28 +255,58 @@ def probe_prefill(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[in
             return lm.forward_seconds
 
         one()  # warm-up
-        ts, foreign, retimed = _uncontended_repeats(one, repeats)
-        contention = _contention_summary(foreign, retimed, foreign_core_limit(), f"{role} prefill at batch {b}")
-        out.append(ForwardProbe(role, "prefill", b, context, context, ts, dtype, {**info, **contention}))
+        runs = uncontended_repeats(one, repeats)
+        contention = runs.summary(f"{role} prefill at batch {b}")
+        out.append(ForwardProbe(role, "prefill", b, context, context, runs.values, dtype, {**info, **contention}))
     return out
 
 
-def _uncontended_repeats(fn: Any, repeats: int) -> tuple[list[Any], list[float | None], int]:
-    """``repeats`` results of ``fn()``, each repeat re-run (at most ``repeats`` times in all) when other
-    processes took more than `foreign_core_limit` cores meanwhile; with the contention of the kept repeats."""
-    limit = foreign_core_limit()
+@dataclass
+class UncontendedRuns:
+    """What `uncontended_repeats` kept: one value per repeat, the foreign cores during each (None where
+    unmeasured), how many runs were discarded, and the limit they were held to."""
+
+    values: list[Any]
+    foreign_cores: list[float | None]
+    retimed: int
+    limit: float
+
+    def summary(self, what: str) -> dict[str, Any]:
+        """What a probe records about the CPU it shared; warns when contended runs had to be kept."""
+        known = [f for f in self.foreign_cores if f is not None]
+        kept_contended = sum(_contended(f, self.limit) for f in known)
+        if kept_contended:
+            warnings.warn(f"{what}: {kept_contended} of {len(self.foreign_cores)} timed rounds ran while other "
+                          f"processes took up to {max(known):.2f} cores; their times are inflated. Probe on an "
+                          f"idle machine (stop other jobs), then delete the cached probe under <cache>/probes to "
+                          f"re-take it.", stacklevel=3)
+        return {"foreign_cores_max": round(max(known), 3) if known else None,
+                "foreign_cores_median": round(float(statistics.median(known)), 3) if known else None,
+                "rounds_retimed": self.retimed, "contended_rounds_kept": kept_contended}
+
+
+def uncontended_repeats(fn: Callable[[], Any], repeats: int, *, limit: float | None = None,
+                        max_retimed: int | None = None) -> UncontendedRuns:
+    """``repeats`` results of ``fn()``, timed work each. A run during which other processes took more than
+    ``limit`` cores (`CpuContention`; default `foreign_core_limit`) is discarded and run again, at most
+    ``max_retimed`` times in all (default ``repeats``), because foreign work slows timed work unequally;
+    past that budget contended runs are kept and `UncontendedRuns.summary` says so."""
+    limit = foreign_core_limit() if limit is None else float(limit)
+    budget = repeats if max_retimed is None else max(0, int(max_retimed))
     kept: list[Any] = []
     foreign: list[float | None] = []
     retimed = 0
     while len(kept) < repeats:
         with CpuContention() as load:
             value = fn()
-        if _contended(load.foreign_cores, limit) and retimed < repeats:
+        if _contended(load.foreign_cores, limit) and retimed < budget:
             retimed += 1
+            log.info("a timed run shared the CPU with other processes (%.2f cores); running it again",
+                     load.foreign_cores)
             continue
         kept.append(value)
         foreign.append(load.foreign_cores)
-    return kept, foreign, retimed
+    return UncontendedRuns(kept, foreign, retimed, limit)
 
 
 def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequence[int]], *,
@@ -320,10 +327,11 @@ def probe_overhead(target: torch.nn.Module, draft: Any, prompts: Sequence[Sequen
                                         seed=next(seeds)).stats
 
         one()  # warm-up
-        runs, foreign, retimed = _uncontended_repeats(one, repeats)
+        kept = uncontended_repeats(one, repeats)
+        runs = kept.values
         per_step = [s.overhead_seconds / max(s.verify_forwards, 1) for s in runs]
         fw = [s.draft_forwards / max(s.verify_forwards, 1) for s in runs]
-        contention = _contention_summary(foreign, retimed, foreign_core_limit(), f"engine overhead at batch {b}")
+        contention = kept.summary(f"engine overhead at batch {b}")
         out.append(OverheadProbe(b, shape, per_step, float(np.mean(fw)), contention))
     return out
 

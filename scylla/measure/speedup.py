@@ -119,7 +119,7 @@ def measure_speedup(
     `scylla.measure.probes.foreign_core_limit` is decoded again (at most ``repeats`` times in all), as
     cost probes are: foreign work slows the two sides unequally.
     """
-    from scylla.measure.probes import CpuContention, foreign_core_limit
+    from scylla.measure.probes import uncontended_repeats
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -130,23 +130,17 @@ def measure_speedup(
         few = list(prompts[: min(len(prompts), batch_size)])
         speculative_generate(target, None, few, gamma=0, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
         speculative_generate(target, draft, few, **shape, **{**kwargs, "max_new_tokens": min(8, max_new_tokens)})
-    base_runs: list[DecodeStats] = []
-    spec_runs: list[DecodeStats] = []
-    foreign: list[float | None] = []
-    retimed, limit = 0, foreign_core_limit()
-    while len(spec_runs) < repeats:
-        with CpuContention() as load:
-            base = speculative_generate(target, None, prompts, gamma=0, **kwargs).stats
-            spec = speculative_generate(target, draft, prompts, **shape, **kwargs).stats
-        if load.foreign_cores is not None and load.foreign_cores > limit and retimed < repeats:
-            retimed += 1
-            continue
-        base_runs.append(base)
-        spec_runs.append(spec)
-        foreign.append(load.foreign_cores)
+    def pair() -> tuple[DecodeStats, DecodeStats]:
+        return (speculative_generate(target, None, prompts, gamma=0, **kwargs).stats,
+                speculative_generate(target, draft, prompts, **shape, **kwargs).stats)
+
+    runs = uncontended_repeats(pair, repeats)
+    base_runs = [base for base, _ in runs.values]
+    spec_runs = [spec for _, spec in runs.values]
     return SpeedupMeasurement(
         gamma=spec_runs[-1].gamma, batch_size=batch_size, speculative=spec_runs[-1], baseline=base_runs[-1],
         speculative_tps=statistics.median(s.tokens_per_second for s in spec_runs),
         baseline_tps=statistics.median(b.tokens_per_second for b in base_runs),
-        speculative_runs=spec_runs, baseline_runs=base_runs, foreign_cores=foreign, pairs_retimed=retimed,
+        speculative_runs=spec_runs, baseline_runs=base_runs, foreign_cores=runs.foreign_cores,
+        pairs_retimed=runs.retimed,
     )
