@@ -154,3 +154,20 @@ def test_contended_probe_rounds_are_retimed_then_flagged(monkeypatch):
     quiet = probe_forwards(model, role="target", batch_sizes=[1], widths=[1], context=8, repeats=3,
                            max_foreign_cores=1e9)
     assert quiet[0].machine["rounds_retimed"] == 0 and quiet[0].machine["contended_rounds_kept"] == 0
+
+
+def test_probe_rounds_rotate_their_cells_after_an_untimed_forward():
+    """Each round warms every batch size's cache with one untimed 1-token forward, then visits its cells
+    starting one later than the round before, so no cell always comes first."""
+    model = tiny_llama(64, d_model=32, n_layers=1, n_heads=2)
+    calls: list[tuple[int, int]] = []
+    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
+                                with_kwargs=True)
+    probe_forwards(model, role="target", batch_sizes=[1, 2], widths=[2, 3], tree_widths=[4], context=8, repeats=3,
+                   max_foreign_cores=1e9)
+    rounds = [calls[i:i + 8] for i in range(2, len(calls), 8)]  # after the two prefills: 2 x (warm-up + 3 cells)
+    assert len(rounds) == 4  # round 0 warms up, then 3 timed rounds
+    for r, seen in enumerate(rounds):
+        assert seen[0] == (1, 1) and seen[4] == (2, 1)  # the untimed forward before each batch size's cells
+        order = [w for _, w in seen[1:4]]
+        assert order == ([2, 3, 4] * 2)[r % 3:r % 3 + 3]

@@ -34,7 +34,8 @@ from scylla.decode.cache import CachedLM
 
 # Bump when the way probes are taken changes, so cached probes of an older method are not reused.
 # 3: rounds that shared the CPU with other processes are re-timed, and the contention is recorded.
-PROBE_VERSION = 3
+# 4: each round visits its cells in a rotated order, after an untimed forward per batch size.
+PROBE_VERSION = 4
 
 __all__ = ["PROBE_VERSION", "MAX_FOREIGN_CORES", "foreign_core_limit", "CpuContention", "UncontendedRuns",
            "uncontended_repeats", "ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards",
@@ -179,6 +180,11 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
     times every (batch size, kind, width) cell once, round-robin: this machine's speed drifts by 10-30%
     over seconds to minutes, and probing one batch size after another would fold that drift into the
     cost curve (a repeat-major order spreads it over every cell alike, so ratios between cells hold).
+    Within a round, each batch size's cells follow one untimed forward on its cache, and round r starts
+    at the r-th cell, so whatever slows a position in the round (the first forward after a change of
+    batch size, say) is not charged to the same cell every round: with a fixed order a demo once probed
+    SmolLM2's batch-1 plain step at 50 ms in two of three rounds against 35-39 ms for 1-3 draft tokens,
+    and priced every batch-1 chain above its own tau.
     ``tree_widths`` are also timed with a 4D tree mask (siblings hidden from each other), the mask tree
     verification passes.
 
@@ -203,9 +209,11 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
         caches[b] = lm
     times: dict[tuple[int, str, int], list[float]] = {(b, k, w): [] for b in batches for k, w in kinds}
 
+    rounds = iter(range(1 << 30))
+
     def one_round() -> dict[tuple[int, str, int], float]:
         round_times: dict[tuple[int, str, int], float] = {}
-        _probe_round(caches, kinds, vocab, g, device, round_times)
+        _probe_round(caches, kinds, vocab, g, device, round_times, rotate=next(rounds))
         return round_times
 
     one_round()  # warm-up
@@ -218,10 +226,15 @@ def probe_forwards(model: torch.nn.Module, *, role: str, batch_sizes: Iterable[i
 
 
 def _probe_round(caches: dict[int, CachedLM], kinds: Sequence[tuple[str, int]], vocab: int,
-                 g: torch.Generator, device: torch.device, out: dict[tuple[int, str, int], float]) -> None:
-    """One forward per (batch size, kind, width), each on its batch size's cache, cropped back after."""
+                 g: torch.Generator, device: torch.device, out: dict[tuple[int, str, int], float],
+                 rotate: int = 0) -> None:
+    """One forward per (batch size, kind, width), each on its batch size's cache, cropped back after;
+    per batch size an untimed forward first, then the cells from the ``rotate``-th on (cyclically)."""
     for b, lm in caches.items():
-        for kind, w in kinds:
+        lm.append(_tokens(vocab, b, 1, g, device), torch.ones(b, 1, dtype=torch.bool, device=device))
+        lm.keep_block(1, torch.zeros(b, 1, dtype=torch.bool, device=device))
+        start = rotate % len(kinds) if kinds else 0
+        for kind, w in list(kinds[start:]) + list(kinds[:start]):
             tok = _tokens(vocab, b, w, g, device)
             valid = torch.ones(b, w, dtype=torch.bool, device=device)
             visible = None
