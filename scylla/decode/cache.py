@@ -48,6 +48,7 @@ class CachedLM:
         self.device = device
         self.cache = DynamicCache()
         self.valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        self._new_holes = True  # slots may have been hidden since `maybe_compact` last counted them
         self.forwards = 0
         self.forward_seconds = 0.0
         self.dtype = next(model.parameters()).dtype
@@ -95,6 +96,8 @@ class CachedLM:
         if returned is not None:
             self.cache = returned
         self.valid = slots_valid
+        if tokens.shape[1] > 1:  # a block may hold padding or hidden slots; one token per row never does
+            self._new_holes = True
         self.forwards += 1
         return out
 
@@ -119,6 +122,7 @@ class CachedLM:
                     2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
             keep = torch.cat([keep.gather(1, order), keep.new_zeros(keep.shape[0], width - kept)], 1)
         self.valid[:, -width:] &= keep
+        self._new_holes = True
         self._crop_trailing()
 
     def _layers(self) -> list[Any]:
@@ -139,6 +143,7 @@ class CachedLM:
         """Keep only the given batch rows (finished rows leave the batch)."""
         self.cache.batch_select_indices(rows)
         self.valid = self.valid[rows]
+        self._new_holes = True
         self.maybe_compact()
 
     def maybe_compact(self, min_len: int = 32, max_hole_fraction: float = 0.25) -> None:
@@ -149,8 +154,9 @@ class CachedLM:
         the waste to that fraction. Keys carry their rotary position already and attention ignores slot
         order, so moving slots is exact. Skipped for cache types without per-layer tensors."""
         batch, length = self.valid.shape
-        if length < min_len or batch == 0:
-            return
+        if length < min_len or batch == 0 or not self._new_holes:
+            return  # appending valid slots only lowers the hole fraction: nothing to re-check
+        self._new_holes = False
         new_len = int(self.valid.long().sum(1).max())
         if length - new_len <= max_hole_fraction * length:
             return

@@ -87,7 +87,9 @@ class TargetRunner:
 
     def keep(self, verdict: Verdict, tree: TokenTree | None) -> None:
         """Keep the root and the accepted path in the cache; hide the rest of the block."""
-        width = 1 + (tree.n_nodes if tree is not None else 0)
+        if tree is None or tree.n_nodes == 0:
+            return  # the block is the root alone, and the root is always kept
+        width = 1 + tree.n_nodes
         keep = torch.zeros(verdict.path.shape[0], width, dtype=torch.bool, device=verdict.path.device)
         path = verdict.path
         keep.scatter_(1, path.clamp_min(0), path >= 0)
