@@ -168,7 +168,6 @@ class DraftLMProposer(Proposer):
         self.forward_seconds += self.lm.forward_seconds - t0
         return out.logits.float()
 
-    # -- draft-vocabulary mapping ----------------------------------------------------------------------
     # -- drafting ----------------------------------------------------------------------------------
     def propose(self, root: torch.Tensor, limit: torch.Tensor, contexts: Sequence[Sequence[int]],
                 temperature: float, generator: torch.Generator | None) -> TokenTree | None:
