@@ -154,6 +154,10 @@ def test_contended_probe_rounds_are_retimed_then_flagged(monkeypatch):
     quiet = probe_forwards(model, role="target", batch_sizes=[1], widths=[1], context=8, repeats=3,
                            max_foreign_cores=1e9)
     assert quiet[0].machine["rounds_retimed"] == 0 and quiet[0].machine["contended_rounds_kept"] == 0
+    # a cached probe is reused only when it kept no contended round
+    from scylla.measure.probes import timed_while_contended
+
+    assert timed_while_contended(m) and not timed_while_contended({**quiet[0].machine, "foreign_cores_max": 0.0})
 
 
 def test_probe_rounds_rotate_their_cells_after_an_untimed_forward():

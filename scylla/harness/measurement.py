@@ -117,20 +117,12 @@ def _shape_key(model: Any) -> str:
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _contended(machine: dict[str, Any]) -> bool:
-    """Whether a cached probe kept rounds timed beside other processes, by today's limit."""
-    from scylla.measure.probes import foreign_core_limit
-
-    worst = machine.get("foreign_cores_max")
-    return bool(machine.get("contended_rounds_kept")) or (worst is not None and worst > foreign_core_limit())
-
-
 def _cached_json(ctx: Any, name: str, key_parts: list[Any], compute: Any, parse: Any) -> Any:
     """``parse(blob)`` of ``<cache>/probes/<name>-<key>.json``, or ``compute()`` (a list of probes) written
     there atomically first. Timing caches hold no results, so a damaged one is only re-measured, and so is
-    one timed while other processes shared the CPU (`_contended`): one such probe would otherwise price
-    every later job of the sweep."""
-    from scylla.measure.probes import machine_info
+    one timed while other processes shared the CPU (`timed_while_contended`): one such probe would otherwise
+    price every later job of the sweep."""
+    from scylla.measure.probes import machine_info, timed_while_contended
 
     key = hashlib.sha256(json.dumps([*key_parts, machine_info()], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
@@ -141,7 +133,7 @@ def _cached_json(ctx: Any, name: str, key_parts: list[Any], compute: Any, parse:
         if path.is_file():
             try:
                 blob = json.loads(path.read_text())["probes"]
-                if not any(_contended(p.get("machine") or {}) for p in blob):
+                if not any(timed_while_contended(p.get("machine") or {}) for p in blob):
                     return parse(blob)
                 log.warning("cached probe %s was timed beside other processes: probing again", path.name)
             except (ValueError, KeyError, TypeError, AttributeError):

@@ -8,8 +8,9 @@ context length is stated in every record), over several interleaved repeats, and
 with the median and the best, the thread count, the precision and the CPU capability, so a record
 says what machine state produced it. Each repeat also measures the CPU time other processes (and the
 hypervisor's steal) took meanwhile (`CpuContention`): a round that shared the cores is timed again,
-because a probe taken beside another job priced a whole study's batch-1 steps 25-34% wrong. `probe_overhead` runs the engine itself for a few steps per batch
-size and keeps its wall time outside the model forwards.
+because a probe taken beside another job priced a whole study's batch-1 steps 25-34% wrong.
+`probe_overhead` runs the engine itself for a few steps per batch size and keeps its wall time outside
+the model forwards.
 
 Probe every row count a prediction needs: a forward's cost on a CPU is not linear in its rows (the
 matrix products' row count selects faster or slower kernels), so `CostTable`'s interpolation between
@@ -38,8 +39,9 @@ from scylla.decode.cache import CachedLM
 PROBE_VERSION = 4
 
 __all__ = ["PROBE_VERSION", "MAX_FOREIGN_CORES", "foreign_core_limit", "CpuContention", "UncontendedRuns",
-           "uncontended_repeats", "ForwardProbe", "OverheadProbe", "CostTable", "CostDraws", "probe_forwards",
-           "probe_prefill", "probe_overhead", "machine_info", "interp_weights", "resampled_summaries"]
+           "uncontended_repeats", "timed_while_contended", "ForwardProbe", "OverheadProbe", "CostTable",
+           "CostDraws", "probe_forwards", "probe_prefill", "probe_overhead", "machine_info", "interp_weights",
+           "resampled_summaries"]
 
 # Cores' worth of CPU time other processes (and the hypervisor's steal) may take during a probe round,
 # beyond the cores the probe leaves idle, before the round is re-timed. Not a speed figure of any machine:
@@ -99,6 +101,13 @@ class CpuContention:
 
 def _contended(foreign: float | None, limit: float) -> bool:
     return foreign is not None and foreign > limit
+
+
+def timed_while_contended(machine: dict[str, Any]) -> bool:
+    """Whether a probe's recorded ``machine`` (`UncontendedRuns.summary`) kept rounds that shared the CPU,
+    by today's `foreign_core_limit`: a cached probe like that is taken again rather than reused."""
+    return bool(machine.get("contended_rounds_kept")) or _contended(machine.get("foreign_cores_max"),
+                                                                   foreign_core_limit())
 
 
 def machine_info() -> dict[str, Any]:
